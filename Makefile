@@ -1,0 +1,63 @@
+# lambda-api — thin wrappers; CI runs `bash .ci/run`, which runs `make test`.
+# `make help` lists the targets.
+
+CARGO     ?= cargo
+LISTEN    ?= 127.0.0.1:8080
+SIM_ADDR  ?= 127.0.0.1:9090
+RUN_DIR   ?= run
+SIM_DELAY ?= 2000
+RELEASE   := target/release
+
+# The demo cluster of config/okeanos-sim.json.
+DEMO_USER   := 1e9b2a3c-5d4f-4e6a-8b7c-9d0e1f2a3b4c
+DEMO_TOKEN  := demo-token-tJ3b3f32f23ceuqdoS
+
+.PHONY: help build release run smoke test lint unit smoke-demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+build: ## debug build of lambda-api and okeanos-sim
+	$(CARGO) build --locked
+
+release: ## optimised build
+	$(CARGO) build --locked --release
+
+run: release ## run the simulator and the service on loopback with a fresh demo instance
+	@mkdir -p $(RUN_DIR)
+	@rm -f $(RUN_DIR)/lambda-api.db $(RUN_DIR)/lambda-api.db-wal $(RUN_DIR)/lambda-api.db-shm
+	@$(RELEASE)/okeanos-sim --listen $(SIM_ADDR) --transition-ms $(SIM_DELAY) \
+		> $(RUN_DIR)/okeanos-sim.log 2>&1 & echo $$! > $(RUN_DIR)/okeanos-sim.pid
+	@export LAMBDA_API_DATABASE=$(RUN_DIR)/lambda-api.db; \
+	 $(RELEASE)/lambda-api instances add --config config/lambda-api.toml --name demo-hadoop \
+		--owner $(DEMO_USER) --master 101 --slave 102 --slave 103 > $(RUN_DIR)/instance-id
+	@echo "okeanos-sim on http://$(SIM_ADDR) (log: $(RUN_DIR)/okeanos-sim.log)"
+	@echo "demo lambda instance $$(cat $(RUN_DIR)/instance-id); start it with:"
+	@echo
+	@echo "  curl -X POST -H \"Authentication:Token $(DEMO_TOKEN)\" -F \"action=start\" \\"
+	@echo "   'http://$(LISTEN)/api/lambda-instances/$$(cat $(RUN_DIR)/instance-id)/'"
+	@echo
+	@trap 'kill $$(cat $(RUN_DIR)/okeanos-sim.pid $(RUN_DIR)/lambda-api.pid 2>/dev/null) 2>/dev/null' EXIT INT TERM; \
+	 LAMBDA_API_DATABASE=$(RUN_DIR)/lambda-api.db LAMBDA_API_LISTEN=$(LISTEN) \
+	 LAMBDA_API_ASTAKOS_URL=http://$(SIM_ADDR)/identity/v2.0 LAMBDA_API_POLL_INTERVAL_MS=250 \
+	 $(RELEASE)/lambda-api serve --config config/lambda-api.toml & \
+	 echo $$! > $(RUN_DIR)/lambda-api.pid; wait $$!
+
+smoke: ## drive a running `make run` with curl: 401, 404, 400, start → STARTED, stop → STOPPED
+	@bash .ci/smoke "http://$(LISTEN)" "$$(cat $(RUN_DIR)/instance-id)" "$(DEMO_TOKEN)"
+
+lint: ## formatting and clippy, warnings as errors
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+unit: ## unit and integration tests
+	$(CARGO) test --locked
+
+smoke-demo: release ## `make run` in the background on other ports, then `make smoke` against it
+	@bash .ci/smoke-demo
+
+test: lint unit smoke-demo ## everything CI runs
+
+clean: ## remove build output and the demo's files
+	$(CARGO) clean
+	rm -rf $(RUN_DIR)

@@ -1,0 +1,208 @@
+//! Token → user: reads the token from the request's headers, asks ~okeanos identity, and
+//! caches the verdict in memory keyed by the token's SHA-256 (the raw token is never kept as a
+//! key, nor logged).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::okeanos::{AuthError, Client};
+
+/// How long a rejected token's verdict is kept.
+const INVALID_TTL: Duration = Duration::from_secs(30);
+/// Most verdicts kept; past that, expired ones are dropped, then the oldest.
+const MAX_ENTRIES: usize = 10_000;
+/// Longest token accepted; ~okeanos tokens are about 40 characters.
+const MAX_TOKEN_LEN: usize = 512;
+
+/// A user, as identity knows them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    /// Where this user's servers are driven; from the service catalog unless configured.
+    pub compute_url: String,
+}
+
+/// Picks the token out of the three headers the API accepts: `Authorization: Token <t>`,
+/// `Authentication: Token <t>` (the seed's curl example) or `X-Auth-Token: <t>`.
+/// `headers` yields (name, value) pairs; the scheme word is case-insensitive.
+pub fn token_from_headers<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<&'a str> {
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("authentication")
+        {
+            let value = value.trim();
+            let (scheme, rest) = value.split_once(char::is_whitespace)?;
+            if scheme.eq_ignore_ascii_case("token") {
+                return Some(rest.trim());
+            }
+            return None;
+        }
+        if name.eq_ignore_ascii_case("x-auth-token") {
+            return Some(value.trim());
+        }
+    }
+    None
+}
+
+/// A token worth asking identity about: short, printable ASCII, no spaces.
+fn plausible(token: &str) -> bool {
+    !token.is_empty() && token.len() <= MAX_TOKEN_LEN && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
+type Key = [u8; 32];
+
+struct Verdict {
+    user: Option<Arc<User>>,
+    expires: Instant,
+}
+
+/// Checks tokens against identity, with a bounded in-memory cache of verdicts.
+pub struct Authenticator {
+    client: Client,
+    astakos_url: String,
+    compute_override: Option<String>,
+    valid_ttl: Duration,
+    cache: Mutex<HashMap<Key, Verdict>>,
+}
+
+/// The outcome of a token check, with whether the cache answered (for metrics).
+pub struct Checked {
+    pub result: Result<Arc<User>, AuthError>,
+    pub cached: bool,
+}
+
+impl Authenticator {
+    pub fn new(
+        client: Client,
+        astakos_url: &str,
+        compute_url: &str,
+        valid_ttl: Duration,
+    ) -> Authenticator {
+        Authenticator {
+            client,
+            astakos_url: astakos_url.to_string(),
+            compute_override: (!compute_url.is_empty()).then(|| compute_url.to_string()),
+            valid_ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Who `token` belongs to. `AuthError::Unavailable` is never cached: identity may be back
+    /// on the next request.
+    pub fn check(&self, token: &str) -> Checked {
+        if !plausible(token) {
+            return Checked {
+                result: Err(AuthError::Rejected),
+                cached: false,
+            };
+        }
+        let key: Key = Sha256::digest(token.as_bytes()).into();
+        let now = Instant::now();
+        if let Some(v) = self.lock().get(&key) {
+            if v.expires > now {
+                return Checked {
+                    result: v.user.clone().ok_or(AuthError::Rejected),
+                    cached: true,
+                };
+            }
+        }
+        let result = self
+            .client
+            .authenticate(&self.astakos_url, token)
+            .and_then(|identity| {
+                let compute_url = self
+                    .compute_override
+                    .clone()
+                    .or(identity.compute_url)
+                    .ok_or_else(|| {
+                        AuthError::Unavailable("the service catalog has no compute endpoint".into())
+                    })?;
+                Ok(Arc::new(User {
+                    id: identity.user_id,
+                    name: identity.name,
+                    compute_url,
+                }))
+            });
+        let verdict = match &result {
+            Ok(user) => Some(Verdict {
+                user: Some(user.clone()),
+                expires: now + self.valid_ttl,
+            }),
+            Err(AuthError::Rejected) => Some(Verdict {
+                user: None,
+                expires: now + INVALID_TTL,
+            }),
+            Err(AuthError::Unavailable(_)) => None,
+        };
+        if let Some(verdict) = verdict {
+            let mut cache = self.lock();
+            if cache.len() >= MAX_ENTRIES {
+                cache.retain(|_, v| v.expires > now);
+            }
+            if cache.len() >= MAX_ENTRIES {
+                if let Some(oldest) = cache.iter().min_by_key(|(_, v)| v.expires).map(|(k, _)| *k) {
+                    cache.remove(&oldest);
+                }
+            }
+            cache.insert(key, verdict);
+        }
+        Checked {
+            result,
+            cached: false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Verdict>> {
+        // A panic while holding the lock leaves the map consistent (every write is a single
+        // insert or retain), so a poisoned lock is still usable.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(headers: &[(&str, &str)], expected: Option<&str>) {
+        assert_eq!(
+            token_from_headers(headers.iter().copied()),
+            expected,
+            "{headers:?}"
+        );
+    }
+
+    #[test]
+    fn the_three_headers() {
+        check(&[("Authorization", "Token abc")], Some("abc"));
+        check(&[("authentication", "token   abc ")], Some("abc"));
+        check(&[("Authentication", "TOKEN abc")], Some("abc"));
+        check(&[("X-Auth-Token", "abc")], Some("abc"));
+        check(
+            &[("Content-Type", "text/plain"), ("x-auth-token", " abc")],
+            Some("abc"),
+        );
+    }
+
+    #[test]
+    fn other_schemes_and_no_header() {
+        check(&[("Authorization", "Bearer abc")], None);
+        check(&[("Authorization", "Token")], None);
+        check(&[("Accept", "*/*")], None);
+        check(&[], None);
+    }
+
+    #[test]
+    fn implausible_tokens() {
+        assert!(plausible("tJ3b3f32f23ceuqdoS_TH7m0d6yxmlWL1r2ralKcttY"));
+        assert!(!plausible(""));
+        assert!(!plausible("a b"));
+        assert!(!plausible("a\u{1}b"));
+        assert!(!plausible("é"));
+        assert!(!plausible(&"a".repeat(513)));
+    }
+}

@@ -1,0 +1,190 @@
+//! The `lambda-api` command line: `serve`, `instances add|list|remove`, `check-config`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::model::Status;
+use crate::{store, Service};
+
+pub const USAGE: &str = "\
+lambda-api: starts and stops ~okeanos lambda instances for their owners
+
+Usage:
+  lambda-api serve [--config FILE]
+  lambda-api instances add --name NAME --owner USER_UUID --master SERVER_ID
+                           [--slave SERVER_ID]... [--status STATUS] [--config FILE]
+  lambda-api instances list [--config FILE]
+  lambda-api instances remove ID [--config FILE]
+  lambda-api check-config [--config FILE]
+
+Commands:
+  serve            run the HTTP API and the workers until stopped
+  instances add    register a lambda instance (prints its new id); STATUS is one of
+                   STARTED STOPPED PENDING STARTING STOPPING DESTROYING DESTROYED FAILED
+                   (default STOPPED)
+  instances list   list every registered instance, one a line
+  instances remove delete an instance and its action history
+  check-config     print the effective configuration, or the mistake in it
+
+Configuration: built-in defaults, then --config FILE (TOML), then environment variables
+LAMBDA_API_<KEY>, e.g. LAMBDA_API_LISTEN=127.0.0.1:9000. See config/lambda-api.toml.
+Logging: RUST_LOG=info (the default), debug, warn, ...
+";
+
+#[derive(Debug, Default)]
+struct Args {
+    words: Vec<String>,
+    config: Option<PathBuf>,
+    name: Option<String>,
+    owner: Option<String>,
+    master: Option<String>,
+    slaves: Vec<String>,
+    status: Option<String>,
+    help: bool,
+    version: bool,
+}
+
+fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, Error> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut a = Args::default();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("config") | Short('c') => a.config = Some(parser.value()?.into()),
+            Long("name") => a.name = Some(parser.value()?.string()?),
+            Long("owner") => a.owner = Some(parser.value()?.string()?),
+            Long("master") => a.master = Some(parser.value()?.string()?),
+            Long("slave") => a.slaves.push(parser.value()?.string()?),
+            Long("status") => a.status = Some(parser.value()?.string()?),
+            Long("help") | Short('h') => a.help = true,
+            Long("version") | Short('V') => a.version = true,
+            Value(v) => a.words.push(v.string()?),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(a)
+}
+
+/// Runs a command line (without the program name). `serve` returns when the service stops.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
+    let a = parse(args)?;
+    if a.version {
+        println!("lambda-api {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let words: Vec<&str> = a.words.iter().map(String::as_str).collect();
+    if a.help || words.is_empty() || words == ["help"] {
+        print!("{USAGE}");
+        return Ok(());
+    }
+    let adds = a.name.is_some()
+        || a.owner.is_some()
+        || a.master.is_some()
+        || !a.slaves.is_empty()
+        || a.status.is_some();
+    if adds && words != ["instances", "add"] {
+        return Err(Error::Usage(
+            "--name, --owner, --master, --slave and --status go with `instances add`; see --help"
+                .into(),
+        ));
+    }
+    let config = || Config::load(a.config.as_deref(), std::env::vars());
+    match words.as_slice() {
+        ["serve"] => serve(config()?),
+        ["check-config"] => {
+            println!("{}", config()?);
+            Ok(())
+        }
+        ["instances", "add"] => {
+            let need = |v: &Option<String>, flag: &str| {
+                v.clone()
+                    .filter(|s| !s.trim().is_empty())
+                    .ok_or_else(|| Error::Usage(format!("instances add needs {flag}; see --help")))
+            };
+            let name = need(&a.name, "--name NAME")?;
+            let owner = need(&a.owner, "--owner USER_UUID")?;
+            let master = need(&a.master, "--master SERVER_ID")?;
+            let status = match &a.status {
+                None => Status::Stopped,
+                Some(s) => Status::parse(s).ok_or_else(|| {
+                    Error::Usage(format!("--status {s:?}: not a status name; see --help"))
+                })?,
+            };
+            let mut store = store::open(&config()?.database)?;
+            let id = store.add_instance(&name, &owner, &master, &a.slaves, status)?;
+            println!("{id}");
+            Ok(())
+        }
+        ["instances", "list"] => {
+            let store = store::open(&config()?.database)?;
+            for i in store.all_instances()? {
+                println!(
+                    "{}\t{}\t{}\t{}\tmaster={}\tslaves={}",
+                    i.id,
+                    i.status.name(),
+                    i.owner,
+                    i.name,
+                    i.master,
+                    i.slaves.join(",")
+                );
+            }
+            Ok(())
+        }
+        ["instances", "remove", id] => {
+            let mut store = store::open(&config()?.database)?;
+            if store.remove_instance(id)? {
+                Ok(())
+            } else {
+                Err(Error::NotFound(format!("no instance {id}")))
+            }
+        }
+        _ => Err(Error::Usage(format!(
+            "unknown command `{}`; see --help",
+            words.join(" ")
+        ))),
+    }
+}
+
+fn serve(config: Config) -> Result<(), Error> {
+    log::info!("effective configuration:\n{config}");
+    let service = Service::start(&config)?;
+    log::info!("listening on http://{}", service.local_addr());
+    service.wait();
+    log::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn add_collects_slaves() {
+        let a = parse(args(
+            "instances add --name n --owner o --master 1 --slave 2 --slave 3",
+        ))
+        .unwrap();
+        assert_eq!(a.words, vec!["instances", "add"]);
+        assert_eq!(a.slaves, vec!["2", "3"]);
+    }
+
+    #[test]
+    fn usage_mistakes_exit_2() {
+        for bad in [
+            "nonsense",
+            "serve --name x",
+            "instances add --name n",
+            "instances add --name n --owner o --master m --status up",
+            "serve --bogus",
+        ] {
+            let e = run(args(bad)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}: {e}");
+        }
+    }
+}

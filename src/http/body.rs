@@ -1,0 +1,261 @@
+//! Reads the `action` field of the action call's body, whichever of the three encodings the
+//! client used: `application/x-www-form-urlencoded`, `multipart/form-data` (what
+//! `curl -F action=start` sends) or `application/json`.
+
+use serde_json::Value;
+
+use super::reply::ApiError;
+
+const SUPPORTED: &str = "Send the action as application/x-www-form-urlencoded, \
+                         multipart/form-data or application/json.";
+
+/// The `action` field, `None` when the body has none. A body that cannot be parsed as the
+/// type it claims is a 400; a type the call does not read is a 415.
+pub fn action_field(content_type: Option<&str>, body: &[u8]) -> Result<Option<String>, ApiError> {
+    let Some(content_type) = content_type else {
+        return if body.iter().all(u8::is_ascii_whitespace) {
+            Ok(None)
+        } else {
+            Err(ApiError::UnsupportedMediaType(format!(
+                "The request body has no Content-Type. {SUPPORTED}"
+            )))
+        };
+    };
+    let (media, params) = split_content_type(content_type);
+    match media.as_str() {
+        "application/x-www-form-urlencoded" => Ok(form_urlencoded::parse(body)
+            .find(|(k, _)| k == "action")
+            .map(|(_, v)| v.into_owned())),
+        "multipart/form-data" => {
+            let boundary = params
+                .iter()
+                .find(|(k, _)| k == "boundary")
+                .map(|(_, v)| v.as_str())
+                .filter(|b| !b.is_empty() && b.len() <= 70)
+                .ok_or_else(|| {
+                    malformed("multipart/form-data without a valid boundary parameter")
+                })?;
+            multipart_field(body, boundary, "action")
+        }
+        "application/json" => {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(None);
+            }
+            let value: Value = serde_json::from_slice(body)
+                .map_err(|e| malformed(&format!("the JSON body does not parse: {e}")))?;
+            let object = value
+                .as_object()
+                .ok_or_else(|| malformed("the JSON body must be an object"))?;
+            // A non-string action is present but wrong: it gets the action error, not a
+            // parse error.
+            Ok(object
+                .get("action")
+                .map(|a| a.as_str().unwrap_or_default().to_string()))
+        }
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {other:?} is not supported. {SUPPORTED}"
+        ))),
+    }
+}
+
+fn malformed(why: &str) -> ApiError {
+    ApiError::BadRequest(format!("Malformed request body: {why}."))
+}
+
+/// `type/subtype; k=v; k="v"` → (lower-case media type, [(lower-case key, value)]).
+fn split_content_type(value: &str) -> (String, Vec<(String, String)>) {
+    let mut parts = value.split(';');
+    let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let params = parts
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            Some((k.trim().to_ascii_lowercase(), v.to_string()))
+        })
+        .collect();
+    (media, params)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || needle.len() > haystack.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The value of form field `name` in a multipart body (RFC 7578), or `None` if no part has
+/// that name. Files are never read: the call takes one short text field.
+fn multipart_field(body: &[u8], boundary: &str, name: &str) -> Result<Option<String>, ApiError> {
+    let delimiter = format!("--{boundary}");
+    let delimiter = delimiter.as_bytes();
+    let start =
+        find(body, delimiter).ok_or_else(|| malformed("the multipart boundary never occurs"))?;
+    let mut rest = &body[start + delimiter.len()..];
+    loop {
+        if rest.starts_with(b"--") {
+            return Ok(None);
+        }
+        // Transport padding, then the line break that ends the delimiter line.
+        let line_end =
+            find(rest, b"\n").ok_or_else(|| malformed("a multipart part is cut short"))?;
+        if !rest[..line_end]
+            .iter()
+            .all(|b| matches!(b, b' ' | b'\t' | b'\r'))
+        {
+            return Err(malformed("garbage after a multipart boundary"));
+        }
+        rest = &rest[line_end + 1..];
+        let (head_len, sep) = match (find(rest, b"\r\n\r\n"), find(rest, b"\n\n")) {
+            (Some(a), Some(b)) if b < a => (b, 2),
+            (Some(a), _) => (a, 4),
+            (None, Some(b)) => (b, 2),
+            (None, None) => return Err(malformed("a multipart part has no end of headers")),
+        };
+        let head = std::str::from_utf8(&rest[..head_len])
+            .map_err(|_| malformed("multipart part headers are not UTF-8"))?;
+        let content = &rest[head_len + sep..];
+        let mut closing = b"\r\n".to_vec();
+        closing.extend_from_slice(delimiter);
+        let (end, skip) = match find(content, &closing) {
+            Some(end) => (end, closing.len()),
+            None => {
+                // Some clients end lines with a bare LF.
+                let bare = &closing[1..];
+                let end = find(content, bare)
+                    .ok_or_else(|| malformed("a multipart part is not closed"))?;
+                (end, bare.len())
+            }
+        };
+        if part_name(head).as_deref() == Some(name) {
+            let value = std::str::from_utf8(&content[..end])
+                .map_err(|_| malformed("the multipart field is not UTF-8"))?;
+            return Ok(Some(value.to_string()));
+        }
+        rest = &content[end + skip..];
+    }
+}
+
+/// The `name` parameter of a part's `Content-Disposition: form-data; name="..."` header.
+fn part_name(head: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (header, value) = line.split_once(':')?;
+        if !header.trim().eq_ignore_ascii_case("content-disposition") {
+            return None;
+        }
+        let (_, params) = split_content_type(value);
+        params
+            .into_iter()
+            .find(|(k, _)| k == "name")
+            .map(|(_, v)| v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(content_type: Option<&str>, body: &str, expected: Result<Option<&str>, u16>) {
+        let got = action_field(content_type, body.as_bytes());
+        let got = got.as_ref().map(|o| o.as_deref()).map_err(|e| e.status());
+        assert_eq!(got, expected, "{content_type:?} {body:?}");
+    }
+
+    /// The body `curl -F action=start` sends, byte for byte.
+    const CURL: &str = "--------------------------d74496d66958873e\r\n\
+        Content-Disposition: form-data; name=\"action\"\r\n\r\n\
+        start\r\n\
+        --------------------------d74496d66958873e--\r\n";
+    const CURL_TYPE: &str =
+        "multipart/form-data; boundary=------------------------d74496d66958873e";
+
+    #[test]
+    fn curl_multipart() {
+        check(Some(CURL_TYPE), CURL, Ok(Some("start")));
+    }
+
+    #[test]
+    fn multipart_with_other_fields_and_quoted_boundary() {
+        let body =
+            "preamble\r\n--xyz\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n\
+                    --xyz\r\nContent-Disposition: form-data; name=action\r\n\
+                    Content-Type: text/plain\r\n\r\nstop\r\n--xyz--";
+        check(
+            Some("Multipart/Form-Data; boundary=\"xyz\""),
+            body,
+            Ok(Some("stop")),
+        );
+        let none =
+            "--xyz\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n--xyz--\r\n";
+        check(Some("multipart/form-data; boundary=xyz"), none, Ok(None));
+    }
+
+    #[test]
+    fn multipart_with_bare_line_feeds() {
+        let body = "--b\nContent-Disposition: form-data; name=\"action\"\n\nstart\n--b--\n";
+        check(
+            Some("multipart/form-data; boundary=b"),
+            body,
+            Ok(Some("start")),
+        );
+    }
+
+    #[test]
+    fn malformed_multipart() {
+        let t = Some("multipart/form-data; boundary=b");
+        check(t, "no boundary here", Err(400));
+        check(
+            t,
+            "--b\r\nContent-Disposition: form-data; name=\"action\"\r\n\r\nstart",
+            Err(400),
+        );
+        check(
+            t,
+            "--b\r\nContent-Disposition: form-data; name=\"action\"",
+            Err(400),
+        );
+        check(t, "--bgarbage\r\n\r\n\r\n--b--", Err(400));
+        check(Some("multipart/form-data"), CURL, Err(400));
+        check(Some("multipart/form-data; boundary="), CURL, Err(400));
+    }
+
+    #[test]
+    fn urlencoded() {
+        let t = Some("application/x-www-form-urlencoded");
+        check(t, "action=start", Ok(Some("start")));
+        check(t, "x=1&action=st%6Fp", Ok(Some("stop")));
+        check(t, "x=1", Ok(None));
+        check(t, "", Ok(None));
+        check(
+            Some("application/x-www-form-urlencoded; charset=UTF-8"),
+            "action=start",
+            Ok(Some("start")),
+        );
+    }
+
+    #[test]
+    fn json() {
+        let t = Some("application/json");
+        check(t, r#"{"action":"start"}"#, Ok(Some("start")));
+        check(t, r#"{"action":3}"#, Ok(Some("")));
+        check(t, r#"{"other":1}"#, Ok(None));
+        check(t, "", Ok(None));
+        check(t, "[1]", Err(400));
+        check(t, "{", Err(400));
+        check(
+            Some("application/json; charset=utf-8"),
+            r#"{"action":"stop"}"#,
+            Ok(Some("stop")),
+        );
+    }
+
+    #[test]
+    fn other_types() {
+        check(Some("text/plain"), "action=start", Err(415));
+        check(None, "action=start", Err(415));
+        check(None, "", Ok(None));
+    }
+}

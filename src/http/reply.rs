@@ -1,0 +1,148 @@
+//! What a handler answers: a status, headers and a JSON body, and the one mapping from an
+//! API error to its status and the error body every 4xx/5xx carries.
+
+use serde_json::{json, Value};
+
+/// A response before it is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: &Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![("Content-Type", "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    pub fn text(status: u16, content_type: &str, body: String) -> Reply {
+        Reply {
+            status,
+            headers: vec![("Content-Type", content_type.to_string())],
+            body: body.into_bytes(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Everything a request can be refused for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiError {
+    /// 400: the request is malformed; the message says how.
+    BadRequest(String),
+    /// 401: no token, or identity rejected it.
+    Unauthorized,
+    /// 404: no such path, or no such instance or action for this user.
+    NotFound(String),
+    /// 405: the path exists, the method does not; carries the `Allow` value.
+    MethodNotAllowed(&'static str),
+    /// 409: the state table refuses the action.
+    Conflict(String),
+    /// 413: the body is larger than `max_body_bytes`.
+    PayloadTooLarge(usize),
+    /// 415: a body of a type the action call does not read.
+    UnsupportedMediaType(String),
+    /// 503: identity or the database cannot answer now; try again after the given seconds.
+    Unavailable(String),
+    /// 500: a bug (a handler panicked). Never chosen on purpose.
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized => 401,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed(_) => 405,
+            ApiError::Conflict(_) => 409,
+            ApiError::PayloadTooLarge(_) => 413,
+            ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::Unavailable(_) => 503,
+            ApiError::Internal => 500,
+        }
+    }
+
+    fn message_and_slug(&self) -> (String, &'static str) {
+        match self {
+            ApiError::BadRequest(m) => (m.clone(), "bad_request"),
+            ApiError::Unauthorized => ("Invalid token".into(), "unauthorized"),
+            ApiError::NotFound(m) => (m.clone(), "not_found"),
+            ApiError::MethodNotAllowed(allow) => (
+                format!("Method not allowed; this path accepts {allow}."),
+                "method_not_allowed",
+            ),
+            ApiError::Conflict(m) => (m.clone(), "conflict"),
+            ApiError::PayloadTooLarge(max) => (
+                format!("The request body is larger than {max} bytes."),
+                "payload_too_large",
+            ),
+            ApiError::UnsupportedMediaType(m) => (m.clone(), "unsupported_media_type"),
+            ApiError::Unavailable(m) => (m.clone(), "service_unavailable"),
+            ApiError::Internal => ("Internal server error.".into(), "internal_error"),
+        }
+    }
+
+    /// The error body `{"errors":[{"message","code","details"}]}` with the headers that go
+    /// with some statuses.
+    pub fn reply(&self) -> Reply {
+        let status = self.status();
+        let (message, details) = self.message_and_slug();
+        let reply = Reply::json(
+            status,
+            &json!({"errors": [{"message": message, "code": status, "details": details}]}),
+        );
+        match self {
+            ApiError::Unauthorized => reply.with_header("WWW-Authenticate", "Token"),
+            ApiError::MethodNotAllowed(allow) => reply.with_header("Allow", *allow),
+            ApiError::Unavailable(_) => reply.with_header("Retry-After", "5"),
+            _ => reply,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        log::error!("{e}");
+        ApiError::Unavailable("The service's database is unavailable; try again later.".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthorized_is_the_authentication_page_body() {
+        let r = ApiError::Unauthorized.reply();
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            r#"{"errors":[{"message":"Invalid token","code":401,"details":"unauthorized"}]}"#
+        );
+        assert_eq!(r.headers[1], ("WWW-Authenticate", "Token".to_string()));
+    }
+
+    #[test]
+    fn unavailable_says_when_to_retry() {
+        let r = ApiError::Unavailable("later".into()).reply();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("retry-after"), Some("5"));
+    }
+}

@@ -1,0 +1,113 @@
+//! lambda-api: starts and stops ~okeanos lambda instances (a master VM and its slaves) for
+//! their owners. See README.md for the architecture; `Service` is the whole service, started
+//! in-process by `lambda-api serve` and by the integration tests.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod model;
+pub mod okeanos;
+pub mod shutdown;
+pub mod sim;
+pub mod store;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::error::Error;
+use crate::http::{App, HttpServer};
+use crate::shutdown::Shutdown;
+use crate::worker::{Pool, Settings};
+
+/// The running service: HTTP threads and workers over one SQLite file.
+pub struct Service {
+    http: HttpServer,
+    pool: Pool,
+    shutdown: Arc<Shutdown>,
+}
+
+impl Service {
+    /// Opens (and migrates) the database, takes up actions a previous process left, and starts
+    /// the workers and the HTTP threads.
+    pub fn start(config: &Config) -> Result<Service, Error> {
+        let (requeued, orphaned) = store::open(&config.database)?.recover()?;
+        if requeued > 0 || orphaned > 0 {
+            log::info!(
+                "recovery: {requeued} interrupted action(s) queued again, \
+                 {orphaned} instance(s) with nothing in flight marked FAILED"
+            );
+        }
+        let client = okeanos::Client::new(config.okeanos_timeout());
+        let (wakeups, queue) = crossbeam_channel::bounded(config.queue_capacity);
+        let shutdown = Arc::new(Shutdown::default());
+        let pool = Pool::start(
+            config.workers,
+            &config.database,
+            Settings::from_config(config),
+            client.clone(),
+            queue,
+            shutdown.clone(),
+        )?;
+        let app = Arc::new(App {
+            auth: Authenticator::new(
+                client,
+                &config.astakos_url,
+                &config.compute_url,
+                std::time::Duration::from_secs(config.token_cache_ttl_secs),
+            ),
+            wakeups,
+            max_body_bytes: config.max_body_bytes,
+            listen: config.listen.clone(),
+        });
+        let http = match HttpServer::start(
+            &config.listen,
+            config.http_threads,
+            &config.database,
+            app,
+            shutdown.clone(),
+        ) {
+            Ok(http) => http,
+            Err(e) => {
+                shutdown.trigger();
+                pool.join();
+                return Err(e.into());
+            }
+        };
+        Ok(Service {
+            http,
+            pool,
+            shutdown,
+        })
+    }
+
+    /// The address the HTTP API listens on (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    /// A handle that stops the service when triggered.
+    pub fn shutdown_handle(&self) -> Arc<Shutdown> {
+        self.shutdown.clone()
+    }
+
+    /// Blocks until shutdown is triggered, then stops.
+    pub fn wait(self) {
+        let _ = self.shutdown.receiver().recv();
+        self.stop();
+    }
+
+    /// Stops taking requests, hands running actions back to the queue, and waits for every
+    /// thread.
+    pub fn stop(self) {
+        self.shutdown.trigger();
+        self.http.join();
+        self.pool.join();
+    }
+}

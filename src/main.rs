@@ -1,0 +1,12 @@
+//! `lambda-api`: parses the command line, starts logging, runs the command, and turns an error
+//! into a message and an exit code.
+
+#![forbid(unsafe_code)]
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = lambda_api::cli::run(std::env::args_os().skip(1)) {
+        eprintln!("lambda-api: {e}");
+        std::process::exit(e.exit_code());
+    }
+}

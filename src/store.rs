@@ -1,0 +1,743 @@
+//! SQLite: the one source of truth. Every SQL statement of the service is in this file.
+//!
+//! Each thread opens its own [`Store`] with [`open`]. Writes run in `BEGIN IMMEDIATE`
+//! transactions, so that a writer waits for the lock under `busy_timeout` instead of failing
+//! when it upgrades a read lock.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::model::{now_ms, verdict, ActionKind, ActionState, Status, Verdict};
+
+const SCHEMA: &str = include_str!("../schema.sql");
+const SCHEMA_VERSION: i64 = 1;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A database failure. The service answers 503 for it (the database may come back); the
+/// message is for the log.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "database: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> StoreError {
+        StoreError(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A lambda instance as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub status: Status,
+    pub failure_message: Option<String>,
+    pub master: String,
+    pub slaves: Vec<String>,
+    pub created_at: i64,
+}
+
+/// One step a run took on one VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub vm: String,
+    pub op: String,
+    pub result: String,
+    pub at: i64,
+}
+
+/// An action as the read API shows it (never with its token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionRecord {
+    pub id: String,
+    pub instance_id: String,
+    pub action: ActionKind,
+    pub state: ActionState,
+    pub attempts: i64,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub steps: Vec<Step>,
+}
+
+/// What the worker needs to run an action it has claimed.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub action_id: String,
+    pub instance_id: String,
+    pub action: ActionKind,
+    pub token: String,
+    pub compute_url: String,
+    pub master: String,
+    pub slaves: Vec<String>,
+    pub claim: String,
+    pub attempt: i64,
+}
+
+/// What an accepted (or refused) action request came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Requested {
+    /// No such instance for this owner.
+    NotFound,
+    /// A new action was committed.
+    Created(String),
+    /// The action already in flight.
+    Merged(String),
+    /// Refused by the state table.
+    Conflict(String),
+}
+
+/// One connection to the database.
+pub struct Store {
+    conn: Connection,
+}
+
+/// Opens (creating it mode 0600 if needed) and migrates the database.
+pub fn open(path: &Path) -> Result<Store> {
+    create_private(path)?;
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Erased tokens are overwritten on disk, not merely unlinked from the b-tree.
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    let mut store = Store { conn };
+    store.migrate()?;
+    Ok(store)
+}
+
+/// Creates the file with mode 0600 before SQLite does, so that it never exists readable by
+/// others; SQLite gives its `-wal` and `-shm` files the same mode.
+#[cfg(unix)]
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError(format!("cannot create {}: {e}", path.display()))),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private(_: &Path) -> Result<()> {
+    Ok(())
+}
+
+/// An in-memory database for unit tests.
+#[cfg(test)]
+pub fn open_in_memory() -> Store {
+    let conn = Connection::open_in_memory().unwrap();
+    conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+    let mut store = Store { conn };
+    store.migrate().unwrap();
+    store
+}
+
+fn status_of(name: String) -> rusqlite::Result<Status> {
+    Status::parse(&name).ok_or_else(|| bad_value(format!("unknown status {name:?}")))
+}
+
+fn kind_of(name: String) -> rusqlite::Result<ActionKind> {
+    ActionKind::parse(&name).ok_or_else(|| bad_value(format!("unknown action {name:?}")))
+}
+
+fn state_of(name: String) -> rusqlite::Result<ActionState> {
+    ActionState::parse(&name).ok_or_else(|| bad_value(format!("unknown state {name:?}")))
+}
+
+fn bad_value(msg: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, msg.into())
+}
+
+impl Store {
+    fn migrate(&mut self) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError(format!(
+                "schema version {version} is newer than this binary's {SCHEMA_VERSION}"
+            )));
+        }
+        if version < SCHEMA_VERSION {
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Answers whether the database is reachable and readable.
+    pub fn ping(&self) -> Result<()> {
+        self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    // ----- instances -------------------------------------------------------------------
+
+    /// Registers an instance and returns its new uuid.
+    pub fn add_instance(
+        &mut self,
+        name: &str,
+        owner: &str,
+        master: &str,
+        slaves: &[String],
+        status: Status,
+    ) -> Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO lambda_instances (id, name, owner, status, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, name, owner, status.name(), now_ms()],
+        )?;
+        for (position, server) in std::iter::once(master)
+            .chain(slaves.iter().map(String::as_str))
+            .enumerate()
+        {
+            tx.execute(
+                "INSERT INTO instance_servers (instance_id, position, server_id) VALUES (?1, ?2, ?3)",
+                params![id, position as i64, server],
+            )?;
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Removes an instance and its history. Returns whether it existed.
+    pub fn remove_instance(&mut self, id: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM lambda_instances WHERE id = ?1", params![id])?;
+        Ok(n > 0)
+    }
+
+    fn servers(&self, instance_id: &str) -> Result<(String, Vec<String>)> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT server_id FROM instance_servers WHERE instance_id = ?1 ORDER BY position",
+        )?;
+        let mut all = stmt
+            .query_map(params![instance_id], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        if all.is_empty() {
+            return Err(StoreError(format!("instance {instance_id} has no servers")));
+        }
+        let master = all.remove(0);
+        Ok((master, all))
+    }
+
+    fn instance_from_row(
+        &self,
+        row: (String, String, String, String, Option<String>, i64),
+    ) -> Result<Instance> {
+        let (id, name, owner, status, failure_message, created_at) = row;
+        let (master, slaves) = self.servers(&id)?;
+        Ok(Instance {
+            status: status_of(status)?,
+            id,
+            name,
+            owner,
+            failure_message,
+            master,
+            slaves,
+            created_at,
+        })
+    }
+
+    /// The instance `id` if `owner` owns it and it is not destroyed; another user's instance
+    /// is as absent as a missing one.
+    pub fn owned_instance(&self, id: &str, owner: &str) -> Result<Option<Instance>> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT id, name, owner, status, failure_message, created_at
+                 FROM lambda_instances WHERE id = ?1 AND owner = ?2 AND status <> 'DESTROYED'",
+            )?
+            .query_row(params![id, owner], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .optional()?;
+        row.map(|row| self.instance_from_row(row)).transpose()
+    }
+
+    /// Every instance, for the command line.
+    pub fn all_instances(&self) -> Result<Vec<Instance>> {
+        let rows = self
+            .conn
+            .prepare(
+                "SELECT id, name, owner, status, failure_message, created_at
+                 FROM lambda_instances ORDER BY created_at, id",
+            )?
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|row| self.instance_from_row(row))
+            .collect()
+    }
+
+    // ----- the action request ----------------------------------------------------------
+
+    /// Applies the state table to an action request in one transaction: reads the instance,
+    /// and either creates the action (status change and action row together), finds the one in
+    /// flight, or refuses. When this returns `Created`, the action is committed.
+    pub fn request_action(
+        &mut self,
+        instance_id: &str,
+        owner: &str,
+        kind: ActionKind,
+        token: &str,
+        compute_url: &str,
+    ) -> Result<Requested> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let status: Option<String> = tx
+            .prepare_cached(
+                "SELECT status FROM lambda_instances
+                 WHERE id = ?1 AND owner = ?2 AND status <> 'DESTROYED'",
+            )?
+            .query_row(params![instance_id, owner], |r| r.get(0))
+            .optional()?;
+        let Some(status) = status else {
+            return Ok(Requested::NotFound);
+        };
+        let status = status_of(status)?;
+        let live: Option<(String, String)> = tx
+            .prepare_cached(
+                "SELECT id, action FROM actions
+                 WHERE instance_id = ?1 AND state IN ('queued', 'running')",
+            )?
+            .query_row(params![instance_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let result = match verdict(status, kind, live.is_some()) {
+            Verdict::Conflict(message) => Requested::Conflict(message),
+            Verdict::Merge => match live {
+                Some((id, action)) if action == kind.name() => Requested::Merged(id),
+                // The status says one thing and the action in flight another: only possible
+                // if the row was edited by hand. Refuse rather than guess.
+                _ => Requested::Conflict(format!(
+                    "Can't {} a lambda instance while lambda instance status is {}.",
+                    kind.name(),
+                    status.name()
+                )),
+            },
+            Verdict::Create => {
+                let now = now_ms();
+                if let Some((stale, _)) = live {
+                    // A live action on an instance whose status says otherwise: end it, so
+                    // that the new one is the only one in flight.
+                    tx.execute(
+                        "UPDATE actions SET state = 'failed', error = 'superseded by a new action',
+                             token = NULL, compute_url = NULL, claim = NULL, finished_at = ?2
+                         WHERE id = ?1",
+                        params![stale, now],
+                    )?;
+                }
+                let id = uuid::Uuid::new_v4().to_string();
+                tx.execute(
+                    "INSERT INTO actions (id, instance_id, action, state, token, compute_url, created_at)
+                     VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+                    params![id, instance_id, kind.name(), token, compute_url, now],
+                )?;
+                tx.execute(
+                    "UPDATE lambda_instances SET status = ?2, failure_message = NULL WHERE id = ?1",
+                    params![instance_id, kind.transient_status().name()],
+                )?;
+                Requested::Created(id)
+            }
+        };
+        tx.commit()?;
+        Ok(result)
+    }
+
+    // ----- reading actions -------------------------------------------------------------
+
+    /// One action of an instance, with its steps.
+    pub fn action(&self, instance_id: &str, action_id: &str) -> Result<Option<ActionRecord>> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT id, instance_id, action, state, attempts, error, created_at, started_at,
+                        finished_at
+                 FROM actions WHERE id = ?1 AND instance_id = ?2",
+            )?
+            .query_row(params![action_id, instance_id], |r| {
+                Ok(ActionRecord {
+                    id: r.get(0)?,
+                    instance_id: r.get(1)?,
+                    action: kind_of(r.get(2)?)?,
+                    state: state_of(r.get(3)?)?,
+                    attempts: r.get(4)?,
+                    error: r.get(5)?,
+                    created_at: r.get(6)?,
+                    started_at: r.get(7)?,
+                    finished_at: r.get(8)?,
+                    steps: Vec::new(),
+                })
+            })
+            .optional()?;
+        let Some(mut record) = row else {
+            return Ok(None);
+        };
+        record.steps = self
+            .conn
+            .prepare_cached(
+                "SELECT vm, op, result, at FROM action_steps WHERE action_id = ?1 ORDER BY seq",
+            )?
+            .query_map(params![action_id], |r| {
+                Ok(Step {
+                    vm: r.get(0)?,
+                    op: r.get(1)?,
+                    result: r.get(2)?,
+                    at: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<Step>>>()?;
+        Ok(Some(record))
+    }
+
+    // ----- the worker's side -----------------------------------------------------------
+
+    /// At start-up, before any worker runs: every action a previous process was running goes
+    /// back to the queue (this process is the database's only user), and an instance left in
+    /// STARTING or STOPPING with nothing in flight is marked FAILED.
+    pub fn recover(&mut self) -> Result<(usize, usize)> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let requeued = tx.execute(
+            "UPDATE actions SET state = 'queued', claim = NULL, lease_until = NULL
+             WHERE state = 'running'",
+            [],
+        )?;
+        let orphaned = tx.execute(
+            "UPDATE lambda_instances
+             SET status = 'FAILED', failure_message = 'interrupted: no action was in flight'
+             WHERE status IN ('STARTING', 'STOPPING')
+               AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.instance_id = lambda_instances.id
+                                                         AND a.state IN ('queued', 'running'))",
+            [],
+        )?;
+        tx.commit()?;
+        Ok((requeued, orphaned))
+    }
+
+    /// Claims the oldest queued action, or a running one whose lease has expired, for
+    /// `lease`. The claim is fresh, so whoever held the action before can no longer write it.
+    pub fn claim_next(&mut self, lease: Duration) -> Result<Option<Job>> {
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let next: Option<String> = tx
+            .prepare_cached(
+                "SELECT id FROM actions
+                 WHERE state = 'queued' OR (state = 'running' AND lease_until < ?1)
+                 ORDER BY created_at, id LIMIT 1",
+            )?
+            .query_row(params![now], |r| r.get(0))
+            .optional()?;
+        let Some(action_id) = next else {
+            return Ok(None);
+        };
+        let claim = uuid::Uuid::new_v4().to_string();
+        tx.execute(
+            "UPDATE actions SET state = 'running', claim = ?2, lease_until = ?3,
+                 attempts = attempts + 1, started_at = COALESCE(started_at, ?4)
+             WHERE id = ?1",
+            params![action_id, claim, now + lease.as_millis() as i64, now],
+        )?;
+        let (instance_id, action, token, compute_url, attempt): (String, String, String, String, i64) = tx
+            .prepare_cached(
+                "SELECT instance_id, action, token, compute_url, attempts FROM actions WHERE id = ?1",
+            )?
+            .query_row(params![action_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?;
+        tx.commit()?;
+        let (master, slaves) = self.servers(&instance_id)?;
+        Ok(Some(Job {
+            action_id,
+            instance_id,
+            action: kind_of(action)?,
+            token,
+            compute_url,
+            master,
+            slaves,
+            claim,
+            attempt,
+        }))
+    }
+
+    /// Records a step of a claimed action and renews its lease. Returns false when the claim
+    /// is no longer current (the action was taken over): the caller must stop working on it.
+    pub fn record_step(
+        &mut self,
+        job: &Job,
+        lease: Duration,
+        vm: &str,
+        op: &str,
+        result: &str,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let held = tx.execute(
+            "UPDATE actions SET lease_until = ?3 WHERE id = ?1 AND claim = ?2 AND state = 'running'",
+            params![job.action_id, job.claim, now + lease.as_millis() as i64],
+        )? == 1;
+        if held {
+            tx.execute(
+                "INSERT INTO action_steps (action_id, seq, vm, op, result, at)
+                 SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5
+                 FROM action_steps WHERE action_id = ?1",
+                params![job.action_id, vm, op, result, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(held)
+    }
+
+    /// Renews the lease of a claimed action; false when the claim is no longer current.
+    pub fn renew(&mut self, job: &Job, lease: Duration) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE actions SET lease_until = ?3 WHERE id = ?1 AND claim = ?2 AND state = 'running'",
+            params![job.action_id, job.claim, now_ms() + lease.as_millis() as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Ends a claimed action: succeeded (`error` None) or failed, in one transaction with the
+    /// instance's new status. The token is erased. Returns false when the claim was lost.
+    pub fn finish(&mut self, job: &Job, error: Option<&str>) -> Result<bool> {
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let state = if error.is_some() {
+            "failed"
+        } else {
+            "succeeded"
+        };
+        let held = tx.execute(
+            "UPDATE actions SET state = ?3, error = ?4, finished_at = ?5, token = NULL,
+                 compute_url = NULL, claim = NULL, lease_until = NULL
+             WHERE id = ?1 AND claim = ?2 AND state = 'running'",
+            params![job.action_id, job.claim, state, error, now],
+        )? == 1;
+        if held {
+            let status = match error {
+                None => job.action.final_status(),
+                Some(_) => Status::Failed,
+            };
+            tx.execute(
+                "UPDATE lambda_instances SET status = ?2, failure_message = ?3 WHERE id = ?1",
+                params![job.instance_id, status.name(), error],
+            )?;
+        }
+        tx.commit()?;
+        Ok(held)
+    }
+
+    /// Hands a claimed action back to the queue (the process is shutting down); the next
+    /// process, or another worker, takes it up again.
+    pub fn release(&mut self, job: &Job) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE actions SET state = 'queued', claim = NULL, lease_until = NULL
+             WHERE id = ?1 AND claim = ?2 AND state = 'running'",
+            params![job.action_id, job.claim],
+        )?;
+        Ok(n == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OWNER: &str = "u1";
+    const LEASE: Duration = Duration::from_secs(60);
+
+    fn instance(store: &mut Store, status: Status) -> String {
+        store
+            .add_instance("demo", OWNER, "m", &["s1".into(), "s2".into()], status)
+            .unwrap()
+    }
+
+    fn request(store: &mut Store, id: &str, kind: ActionKind) -> Requested {
+        store
+            .request_action(id, OWNER, kind, "tok", "http://c")
+            .unwrap()
+    }
+
+    fn status(store: &Store, id: &str) -> Status {
+        store.owned_instance(id, OWNER).unwrap().unwrap().status
+    }
+
+    #[test]
+    fn migrate_is_idempotent() {
+        let mut store = open_in_memory();
+        store.migrate().unwrap();
+        store.migrate().unwrap();
+    }
+
+    #[test]
+    fn servers_keep_their_order() {
+        let mut store = open_in_memory();
+        let id = instance(&mut store, Status::Stopped);
+        let i = store.owned_instance(&id, OWNER).unwrap().unwrap();
+        assert_eq!(i.master, "m");
+        assert_eq!(i.slaves, vec!["s1", "s2"]);
+        assert!(store.owned_instance(&id, "someone else").unwrap().is_none());
+    }
+
+    #[test]
+    fn create_then_merge() {
+        let mut store = open_in_memory();
+        let id = instance(&mut store, Status::Stopped);
+        let Requested::Created(a) = request(&mut store, &id, ActionKind::Start) else {
+            panic!("not created")
+        };
+        assert_eq!(status(&store, &id), Status::Starting);
+        assert_eq!(
+            request(&mut store, &id, ActionKind::Start),
+            Requested::Merged(a)
+        );
+        assert!(matches!(
+            request(&mut store, &id, ActionKind::Stop),
+            Requested::Conflict(_)
+        ));
+    }
+
+    #[test]
+    fn destroyed_and_foreign_are_not_found() {
+        let mut store = open_in_memory();
+        let id = instance(&mut store, Status::Destroyed);
+        assert_eq!(
+            request(&mut store, &id, ActionKind::Start),
+            Requested::NotFound
+        );
+        let id = instance(&mut store, Status::Stopped);
+        let r = store
+            .request_action(&id, "intruder", ActionKind::Start, "t", "c")
+            .unwrap();
+        assert_eq!(r, Requested::NotFound);
+    }
+
+    #[test]
+    fn claim_finish_erases_token() {
+        let mut store = open_in_memory();
+        let id = instance(&mut store, Status::Stopped);
+        request(&mut store, &id, ActionKind::Start);
+        let job = store.claim_next(LEASE).unwrap().unwrap();
+        assert_eq!(job.token, "tok");
+        assert!(store.claim_next(LEASE).unwrap().is_none(), "claimed twice");
+        assert!(store
+            .record_step(&job, LEASE, "s1", "status", "STOPPED")
+            .unwrap());
+        assert!(store.finish(&job, None).unwrap());
+        assert_eq!(status(&store, &id), Status::Started);
+        let tokens: i64 = store
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM actions WHERE token IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tokens, 0);
+        let record = store.action(&id, &job.action_id).unwrap().unwrap();
+        assert_eq!(record.state, ActionState::Succeeded);
+        assert_eq!(record.steps.len(), 1);
+    }
+
+    #[test]
+    fn an_expired_lease_is_taken_over_and_fences_the_old_holder() {
+        let mut store = open_in_memory();
+        let id = instance(&mut store, Status::Started);
+        request(&mut store, &id, ActionKind::Stop);
+        let old = store.claim_next(Duration::ZERO).unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let new = store.claim_next(LEASE).unwrap().unwrap();
+        assert_eq!(new.action_id, old.action_id);
+        assert_eq!(new.attempt, 2);
+        assert!(!store
+            .record_step(&old, LEASE, "m", "status", "ACTIVE")
+            .unwrap());
+        assert!(!store.finish(&old, Some("late")).unwrap());
+        assert!(store.finish(&new, Some("413 overLimit (quota)")).unwrap());
+        let i = store.owned_instance(&id, OWNER).unwrap().unwrap();
+        assert_eq!(i.status, Status::Failed);
+        assert_eq!(i.failure_message.as_deref(), Some("413 overLimit (quota)"));
+    }
+
+    #[test]
+    fn recover_requeues_running_and_fails_orphans() {
+        let mut store = open_in_memory();
+        let a = instance(&mut store, Status::Stopped);
+        request(&mut store, &a, ActionKind::Start);
+        store.claim_next(LEASE).unwrap().unwrap();
+        let orphan = instance(&mut store, Status::Stopping);
+        assert_eq!(store.recover().unwrap(), (1, 1));
+        assert_eq!(status(&store, &orphan), Status::Failed);
+        assert_eq!(status(&store, &a), Status::Starting);
+        assert!(store.claim_next(LEASE).unwrap().is_some());
+    }
+
+    #[test]
+    fn release_puts_it_back() {
+        let mut store = open_in_memory();
+        let id = instance(&mut store, Status::Stopped);
+        request(&mut store, &id, ActionKind::Start);
+        let job = store.claim_next(LEASE).unwrap().unwrap();
+        assert!(store.release(&job).unwrap());
+        let again = store.claim_next(LEASE).unwrap().unwrap();
+        assert_eq!(again.action_id, job.action_id);
+    }
+}

@@ -1,0 +1,241 @@
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lambda-api");
+
+/// A `lambda-api` command with no inherited LAMBDA_API_* variables, run in `dir`.
+fn command(dir: &Path, env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(BIN);
+    c.current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LAMBDA_API_") {
+            c.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    command(dir, env).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A `lambda-api serve` child process and the address it listens on.
+struct Served {
+    child: Child,
+    base: String,
+}
+
+impl Served {
+    fn start(dir: &Path, env: &[(&str, &str)]) -> Served {
+        let mut child = command(dir, env)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(DEADLINE)
+            .expect("serve says where it listens");
+        Served { child, base }
+    }
+
+    fn kill9(&mut self) {
+        // Child::kill sends SIGKILL on Unix.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn instances_add_list_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("LAMBDA_API_DATABASE", "x.db")];
+    let o = run(
+        dir.path(),
+        &env,
+        &[
+            "instances",
+            "add",
+            "--name",
+            "hadoop",
+            "--owner",
+            USER,
+            "--master",
+            "101",
+            "--slave",
+            "102",
+            "--slave",
+            "103",
+            "--status",
+            "started",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert_eq!(id.len(), 36, "{id}");
+    let o = run(dir.path(), &env, &["instances", "list"]);
+    let listed = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(
+        listed,
+        format!("{id}\tSTARTED\t{USER}\thadoop\tmaster=101\tslaves=102,103\n")
+    );
+    assert!(run(dir.path(), &env, &["instances", "remove", &id])
+        .status
+        .success());
+    let o = run(dir.path(), &env, &["instances", "remove", &id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&id));
+    assert_eq!(run(dir.path(), &env, &["instances", "list"]).stdout, b"");
+}
+
+#[test]
+fn config_mistakes_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(
+        dir.path(),
+        &[("LAMBDA_API_WORKERS", "many")],
+        &["check-config"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("LAMBDA_API_WORKERS: key `workers`"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "listen = \"127.0.0.1:1\"\nthreads = 4\n",
+    )
+    .unwrap();
+    let o = run(dir.path(), &[], &["check-config", "--config", "c.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown key `threads`"),
+        "{}",
+        stderr(&o)
+    );
+    // serve refuses the same mistakes before it binds anything.
+    let o = run(dir.path(), &[("LAMBDA_API_BOGUS", "1")], &["serve"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("unknown key `bogus`"), "{}", stderr(&o));
+    let o = run(
+        dir.path(),
+        &[],
+        &["check-config", "--config", "../shipped.toml"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/lambda-api.toml");
+    let o = run(dir.path(), &[], &["check-config", "--config", shipped]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8(o.stdout).unwrap(),
+        format!("{}\n", lambda_api::config::Config::default())
+    );
+}
+
+#[test]
+fn usage_mistakes_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), &[], &["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(dir.path(), &[], &["--help"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8(o.stdout)
+        .unwrap()
+        .contains("instances add"));
+}
+
+/// `serve` in an empty folder, configured by the environment alone; killed with SIGKILL right
+/// after a 202, then started again on the same database: the action still completes.
+#[test]
+fn an_accepted_action_survives_sigkill() {
+    let sim = start_sim(Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let astakos = sim.astakos_url();
+    let env = [
+        ("LAMBDA_API_LISTEN", "127.0.0.1:0"),
+        ("LAMBDA_API_ASTAKOS_URL", astakos.as_str()),
+        ("LAMBDA_API_POLL_INTERVAL_MS", "20"),
+    ];
+    let o = run(
+        dir.path(),
+        &env,
+        &[
+            "instances",
+            "add",
+            "--name",
+            "d",
+            "--owner",
+            USER,
+            "--master",
+            "101",
+            "--slave",
+            "102",
+            "--slave",
+            "103",
+        ],
+    );
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+
+    let mut first = Served::start(dir.path(), &env);
+    let r = post_form(
+        &format!("{}/api/lambda-instances/{id}/", first.base),
+        TOKEN,
+        "start",
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let action = r.json()["data"][0]["id"].as_str().unwrap().to_string();
+    first.kill9();
+
+    let second = Served::start(dir.path(), &env);
+    let url = format!(
+        "{}/api/lambda-instances/{id}/actions/{action}/",
+        second.base
+    );
+    let done = wait_for("the action to end after the restart", || {
+        let v = get(&url, Some(TOKEN)).json();
+        (v["state"] == "succeeded" || v["state"] == "failed").then_some(v)
+    });
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let v = get(
+        &format!("{}/api/lambda-instances/{id}/", second.base),
+        Some(TOKEN),
+    )
+    .json();
+    assert_eq!(v["data"][0]["status"]["message"], "STARTED");
+    for vm in ["101", "102", "103"] {
+        assert_eq!(sim.vm_status(vm).as_deref(), Some("ACTIVE"));
+    }
+    assert!(
+        dir.path().join("lambda-api.db").exists(),
+        "the default database name is used"
+    );
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real service and the real okeanos simulator on 127.0.0.1:0, talking
+//! HTTP (the service's workers call the simulator over ureq, as they would call ~okeanos).
+
+mod support;
+
+/// The action call: checks and their order, the state table, bodies and headers.
+mod action;
+/// The real binary: the command line, configuration, and surviving SIGKILL.
+mod process;
+/// The workers against the simulator: call order, skips, faults, concurrency.
+mod worker;
