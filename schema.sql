@@ -1,5 +1,7 @@
--- lambda-api schema, version 1 (PRAGMA user_version).
--- Applied by store::open inside one transaction; every statement is idempotent.
+-- lambda-api schema (PRAGMA user_version says which version a database has).
+-- Applied by store::open inside one transaction whenever a database is older than the binary;
+-- every statement is idempotent, so a change must be additive (version 2 added
+-- idempotency_keys).
 -- Times are milliseconds since the Unix epoch (UTC).
 
 CREATE TABLE IF NOT EXISTS lambda_instances (
@@ -56,3 +58,16 @@ CREATE TABLE IF NOT EXISTS action_steps (
     at        INTEGER NOT NULL,
     PRIMARY KEY (action_id, seq)
 ) WITHOUT ROWID;
+
+-- Answers to action calls sent with an Idempotency-Key, replayed for 24 hours.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,                  -- SHA-256 of the instance id and the action
+    status      INTEGER NOT NULL,
+    body        TEXT NOT NULL,
+    location    TEXT,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (owner, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at);

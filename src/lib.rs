@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod okeanos;
 pub mod shutdown;
@@ -44,7 +45,8 @@ impl Service {
                  {orphaned} instance(s) with nothing in flight marked FAILED"
             );
         }
-        let client = okeanos::Client::new(config.okeanos_timeout());
+        let metrics = Arc::new(metrics::Metrics::default());
+        let client = okeanos::Client::new(config.okeanos_timeout(), metrics.clone());
         let (wakeups, queue) = crossbeam_channel::bounded(config.queue_capacity);
         let shutdown = Arc::new(Shutdown::default());
         let pool = Pool::start(
@@ -53,6 +55,7 @@ impl Service {
             Settings::from_config(config),
             client.clone(),
             queue,
+            metrics.clone(),
             shutdown.clone(),
         )?;
         let app = Arc::new(App {
@@ -63,6 +66,7 @@ impl Service {
                 std::time::Duration::from_secs(config.token_cache_ttl_secs),
             ),
             wakeups,
+            metrics,
             max_body_bytes: config.max_body_bytes,
             listen: config.listen.clone(),
         });

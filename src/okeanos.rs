@@ -2,9 +2,12 @@
 //! The only module that knows ureq and Synnefo's JSON.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use crate::metrics::Metrics;
 
 /// Largest response body read from ~okeanos; theirs are a few KiB.
 const MAX_RESPONSE_BYTES: u64 = 1 << 20;
@@ -101,10 +104,11 @@ impl fmt::Display for OkeanosError {
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
+    metrics: Arc<Metrics>,
 }
 
 impl Client {
-    pub fn new(timeout: Duration) -> Client {
+    pub fn new(timeout: Duration, metrics: Arc<Metrics>) -> Client {
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
@@ -117,19 +121,31 @@ impl Client {
             .user_agent("lambda-api")
             .build()
             .new_agent();
-        Client { agent }
+        Client { agent, metrics }
+    }
+
+    /// Counts one call by its outcome and times it.
+    fn record(&self, op: &'static str, started: Instant, result: &Result<(u16, Vec<u8>), String>) {
+        let outcome = match result {
+            Ok((status, _)) => status.to_string(),
+            Err(_) => "transport".to_string(),
+        };
+        self.metrics.okeanos_call(op, outcome, started.elapsed());
     }
 
     /// Asks identity who `token` belongs to: `POST {astakos_url}/tokens`.
     pub fn authenticate(&self, astakos_url: &str, token: &str) -> Result<Identity, AuthError> {
         let url = format!("{astakos_url}/tokens");
         let body = json!({"auth": {"token": {"id": token}}});
+        let started = Instant::now();
         let reply = self
             .agent
             .post(&url)
             .header("Accept", "application/json")
             .send_json(&body);
-        let (status, body) = read(reply).map_err(AuthError::Unavailable)?;
+        let reply = read(reply);
+        self.record("tokens", started, &reply);
+        let (status, body) = reply.map_err(AuthError::Unavailable)?;
         match status {
             200 => parse_identity(&body).ok_or_else(|| {
                 AuthError::Unavailable("identity answered 200 without access.user.id".into())
@@ -148,13 +164,16 @@ impl Client {
         token: &str,
         server: &str,
     ) -> Result<String, OkeanosError> {
+        let started = Instant::now();
         let reply = self
             .agent
             .get(&format!("{compute}/servers/{server}"))
             .header("X-Auth-Token", token)
             .header("Accept", "application/json")
             .call();
-        let (status, body) = read(reply).map_err(OkeanosError::Transport)?;
+        let reply = read(reply);
+        self.record("status", started, &reply);
+        let (status, body) = reply.map_err(OkeanosError::Transport)?;
         if status != 200 {
             return Err(fault(status, &body));
         }
@@ -173,13 +192,16 @@ impl Client {
         action: ServerAction,
     ) -> Result<(), OkeanosError> {
         let body = json!({ action.name(): {} });
+        let started = Instant::now();
         let reply = self
             .agent
             .post(&format!("{compute}/servers/{server}/action"))
             .header("X-Auth-Token", token)
             .header("Accept", "application/json")
             .send_json(&body);
-        let (status, body) = read(reply).map_err(OkeanosError::Transport)?;
+        let reply = read(reply);
+        self.record(action.name(), started, &reply);
+        let (status, body) = reply.map_err(OkeanosError::Transport)?;
         match status {
             200..=299 => Ok(()),
             _ => Err(fault(status, &body)),

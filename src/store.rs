@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::model::{now_ms, verdict, ActionKind, ActionState, Status, Verdict};
 
 const SCHEMA: &str = include_str!("../schema.sql");
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A database failure. The service answers 503 for it (the database may come back); the
@@ -80,6 +80,24 @@ pub struct ActionRecord {
     pub steps: Vec<Step>,
 }
 
+/// An instance as the list shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub id: String,
+    pub name: String,
+    pub status: Status,
+    pub failure_message: Option<String>,
+}
+
+/// A stored answer to an action call made with an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAnswer {
+    pub fingerprint: String,
+    pub status: u16,
+    pub body: String,
+    pub location: Option<String>,
+}
+
 /// What the worker needs to run an action it has claimed.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -92,6 +110,7 @@ pub struct Job {
     pub slaves: Vec<String>,
     pub claim: String,
     pub attempt: i64,
+    pub created_at: i64,
 }
 
 /// What an accepted (or refused) action request came to.
@@ -157,6 +176,21 @@ pub fn open_in_memory() -> Store {
     let mut store = Store { conn };
     store.migrate().unwrap();
     store
+}
+
+fn action_from_row(r: &rusqlite::Row) -> rusqlite::Result<ActionRecord> {
+    Ok(ActionRecord {
+        id: r.get(0)?,
+        instance_id: r.get(1)?,
+        action: kind_of(r.get(2)?)?,
+        state: state_of(r.get(3)?)?,
+        attempts: r.get(4)?,
+        error: r.get(5)?,
+        created_at: r.get(6)?,
+        started_at: r.get(7)?,
+        finished_at: r.get(8)?,
+        steps: Vec::new(),
+    })
 }
 
 fn status_of(name: String) -> rusqlite::Result<Status> {
@@ -320,6 +354,44 @@ impl Store {
             .collect()
     }
 
+    /// A page of `owner`'s instances, oldest first; DESTROYED ones are never listed.
+    pub fn list_instances(
+        &self,
+        owner: &str,
+        limit: Option<u64>,
+        offset: u64,
+    ) -> Result<Vec<Summary>> {
+        let limit = limit.map_or(-1, |l| l as i64);
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT id, name, status, failure_message FROM lambda_instances
+                 WHERE owner = ?1 AND status <> 'DESTROYED'
+                 ORDER BY created_at, id LIMIT ?2 OFFSET ?3",
+            )?
+            .query_map(params![owner, limit, offset as i64], |r| {
+                Ok(Summary {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    status: status_of(r.get(2)?)?,
+                    failure_message: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<Summary>>>()?;
+        Ok(rows)
+    }
+
+    /// How many instances `owner` has, DESTROYED ones left out.
+    pub fn count_instances(&self, owner: &str) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM lambda_instances WHERE owner = ?1 AND status <> 'DESTROYED'",
+            )?
+            .query_row(params![owner], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     // ----- the action request ----------------------------------------------------------
 
     /// Applies the state table to an action request in one transaction: reads the instance,
@@ -406,25 +478,63 @@ impl Store {
                         finished_at
                  FROM actions WHERE id = ?1 AND instance_id = ?2",
             )?
-            .query_row(params![action_id, instance_id], |r| {
-                Ok(ActionRecord {
-                    id: r.get(0)?,
-                    instance_id: r.get(1)?,
-                    action: kind_of(r.get(2)?)?,
-                    state: state_of(r.get(3)?)?,
-                    attempts: r.get(4)?,
-                    error: r.get(5)?,
-                    created_at: r.get(6)?,
-                    started_at: r.get(7)?,
-                    finished_at: r.get(8)?,
-                    steps: Vec::new(),
-                })
-            })
+            .query_row(params![action_id, instance_id], action_from_row)
             .optional()?;
-        let Some(mut record) = row else {
-            return Ok(None);
-        };
-        record.steps = self
+        row.map(|mut record| {
+            record.steps = self.steps(&record.id)?;
+            Ok(record)
+        })
+        .transpose()
+    }
+
+    /// A page of an instance's actions, newest first, with their steps.
+    pub fn list_actions(
+        &self,
+        instance_id: &str,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<ActionRecord>> {
+        let mut records = self
+            .conn
+            .prepare_cached(
+                "SELECT id, instance_id, action, state, attempts, error, created_at, started_at,
+                        finished_at
+                 FROM actions WHERE instance_id = ?1
+                 ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3",
+            )?
+            .query_map(
+                params![instance_id, limit as i64, offset as i64],
+                action_from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<ActionRecord>>>()?;
+        for record in &mut records {
+            record.steps = self.steps(&record.id)?;
+        }
+        Ok(records)
+    }
+
+    pub fn count_actions(&self, instance_id: &str) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM actions WHERE instance_id = ?1")?
+            .query_row(params![instance_id], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// How many actions are queued and how many running.
+    pub fn live_counts(&self) -> Result<(u64, u64)> {
+        let (queued, running): (i64, i64) = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(state = 'queued'), 0), COALESCE(SUM(state = 'running'), 0)
+                 FROM actions WHERE state IN ('queued', 'running')",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok((queued as u64, running as u64))
+    }
+
+    fn steps(&self, action_id: &str) -> Result<Vec<Step>> {
+        let steps = self
             .conn
             .prepare_cached(
                 "SELECT vm, op, result, at FROM action_steps WHERE action_id = ?1 ORDER BY seq",
@@ -438,7 +548,81 @@ impl Store {
                 })
             })?
             .collect::<rusqlite::Result<Vec<Step>>>()?;
-        Ok(Some(record))
+        Ok(steps)
+    }
+
+    // ----- idempotency keys --------------------------------------------------------------
+
+    /// The answer stored for `owner`'s `key`, if it is younger than `max_age_ms`.
+    pub fn stored_answer(
+        &self,
+        owner: &str,
+        key: &str,
+        max_age_ms: i64,
+    ) -> Result<Option<StoredAnswer>> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT fingerprint, status, body, location FROM idempotency_keys
+                 WHERE owner = ?1 AND key = ?2 AND created_at >= ?3",
+            )?
+            .query_row(params![owner, key, now_ms() - max_age_ms], |r| {
+                Ok(StoredAnswer {
+                    fingerprint: r.get(0)?,
+                    status: r.get::<_, i64>(1)? as u16,
+                    body: r.get(2)?,
+                    location: r.get(3)?,
+                })
+            })
+            .optional()?;
+        Ok(row)
+    }
+
+    /// Stores the first answer to `owner`'s `key`; an answer already there (from a request
+    /// that raced this one, or an expired one not yet purged) is replaced only if expired.
+    pub fn store_answer(
+        &mut self,
+        owner: &str,
+        key: &str,
+        answer: &StoredAnswer,
+        max_age_ms: i64,
+    ) -> Result<()> {
+        let now = now_ms();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO idempotency_keys (owner, key, fingerprint, status, body, location, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (owner, key) DO UPDATE SET
+                     fingerprint = excluded.fingerprint, status = excluded.status,
+                     body = excluded.body, location = excluded.location,
+                     created_at = excluded.created_at
+                 WHERE idempotency_keys.created_at < ?8",
+            )?
+            .execute(params![
+                owner,
+                key,
+                answer.fingerprint,
+                answer.status as i64,
+                answer.body,
+                answer.location,
+                now,
+                now - max_age_ms
+            ])?;
+        Ok(())
+    }
+
+    /// Deletes at most `batch` keys older than `max_age_ms`, oldest first, through the age
+    /// index (never a scan of the table). Returns how many went.
+    pub fn purge_answers(&mut self, max_age_ms: i64, batch: u64) -> Result<usize> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM idempotency_keys WHERE (owner, key) IN (
+                 SELECT owner, key FROM idempotency_keys WHERE created_at < ?1
+                 ORDER BY created_at LIMIT ?2)",
+            )?
+            .execute(params![now_ms() - max_age_ms, batch as i64])?;
+        Ok(n)
     }
 
     // ----- the worker's side -----------------------------------------------------------
@@ -492,12 +676,27 @@ impl Store {
              WHERE id = ?1",
             params![action_id, claim, now + lease.as_millis() as i64, now],
         )?;
-        let (instance_id, action, token, compute_url, attempt): (String, String, String, String, i64) = tx
+        let (instance_id, action, token, compute_url, attempt, created_at): (
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+        ) = tx
             .prepare_cached(
-                "SELECT instance_id, action, token, compute_url, attempts FROM actions WHERE id = ?1",
+                "SELECT instance_id, action, token, compute_url, attempts, created_at
+                 FROM actions WHERE id = ?1",
             )?
             .query_row(params![action_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?;
         tx.commit()?;
         let (master, slaves) = self.servers(&instance_id)?;
@@ -511,6 +710,7 @@ impl Store {
             slaves,
             claim,
             attempt,
+            created_at,
         }))
     }
 
@@ -728,6 +928,89 @@ mod tests {
         assert_eq!(status(&store, &orphan), Status::Failed);
         assert_eq!(status(&store, &a), Status::Starting);
         assert!(store.claim_next(LEASE).unwrap().is_some());
+    }
+
+    #[test]
+    fn lists_and_counts_leave_destroyed_out() {
+        let mut store = open_in_memory();
+        let a = instance(&mut store, Status::Stopped);
+        instance(&mut store, Status::Destroyed);
+        let c = instance(&mut store, Status::Failed);
+        assert_eq!(store.count_instances(OWNER).unwrap(), 2);
+        let all: Vec<String> = store
+            .list_instances(OWNER, None, 0)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(all, vec![a.clone(), c.clone()]);
+        let page = store.list_instances(OWNER, Some(1), 1).unwrap();
+        assert_eq!(page[0].id, c);
+        assert!(store.list_instances(OWNER, Some(5), 9).unwrap().is_empty());
+        assert!(store.list_instances("nobody", None, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn actions_newest_first() {
+        let mut store = open_in_memory();
+        let id = instance(&mut store, Status::Stopped);
+        let Requested::Created(first) = request(&mut store, &id, ActionKind::Start) else {
+            panic!()
+        };
+        let job = store.claim_next(LEASE).unwrap().unwrap();
+        store.finish(&job, None).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let Requested::Created(second) = request(&mut store, &id, ActionKind::Stop) else {
+            panic!()
+        };
+        let ids: Vec<String> = store
+            .list_actions(&id, 10, 0)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(ids, vec![second, first]);
+        assert_eq!(store.count_actions(&id).unwrap(), 2);
+        assert_eq!(store.live_counts().unwrap(), (1, 0));
+    }
+
+    #[test]
+    fn answers_are_kept_then_purged() {
+        let mut store = open_in_memory();
+        let answer = StoredAnswer {
+            fingerprint: "f".into(),
+            status: 202,
+            body: "{}".into(),
+            location: Some("http://x".into()),
+        };
+        store.store_answer(OWNER, "k", &answer, 1000).unwrap();
+        assert_eq!(
+            store.stored_answer(OWNER, "k", 1000).unwrap(),
+            Some(answer.clone())
+        );
+        assert_eq!(store.stored_answer("other", "k", 1000).unwrap(), None);
+        // A second answer for a live key does not replace the first.
+        let later = StoredAnswer {
+            status: 409,
+            ..answer.clone()
+        };
+        store.store_answer(OWNER, "k", &later, 1000).unwrap();
+        assert_eq!(
+            store
+                .stored_answer(OWNER, "k", 1000)
+                .unwrap()
+                .unwrap()
+                .status,
+            202
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            store.stored_answer(OWNER, "k", 1).unwrap(),
+            None,
+            "expired keys are not replayed"
+        );
+        assert_eq!(store.purge_answers(1, 100).unwrap(), 1);
+        assert_eq!(store.purge_answers(1, 100).unwrap(), 0);
     }
 
     #[test]

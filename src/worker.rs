@@ -12,7 +12,8 @@ use crossbeam_channel::{select, Receiver};
 use log::{error, info, warn};
 
 use crate::config::Config;
-use crate::model::ActionKind;
+use crate::metrics::Metrics;
+use crate::model::{now_ms, ActionKind};
 use crate::okeanos::{Client, OkeanosError, ServerAction};
 use crate::shutdown::Shutdown;
 use crate::store::{self, Job, Store, StoreError};
@@ -64,6 +65,7 @@ impl Pool {
         settings: Settings,
         client: Client,
         wakeups: Receiver<String>,
+        metrics: Arc<Metrics>,
         shutdown: Arc<Shutdown>,
     ) -> Result<Pool, StoreError> {
         let mut threads = Vec::with_capacity(count);
@@ -72,7 +74,9 @@ impl Pool {
                 store: store::open(database)?,
                 client: client.clone(),
                 settings: settings.clone(),
+                metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
+                last_purge: Instant::now(),
             };
             let wakeups = wakeups.clone();
             let thread = std::thread::Builder::new()
@@ -95,8 +99,16 @@ struct Worker {
     store: Store,
     client: Client,
     settings: Settings,
+    metrics: Arc<Metrics>,
     shutdown: Arc<Shutdown>,
+    last_purge: Instant,
 }
+
+/// How long an `Idempotency-Key` answer is replayed.
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+/// How often an idle worker deletes expired idempotency keys, and how many at a time.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+const PURGE_BATCH: u64 = 500;
 
 /// Why a run stopped before the action succeeded.
 #[derive(Debug)]
@@ -132,6 +144,14 @@ impl Worker {
                         break;
                     }
                     continue;
+                }
+            }
+            if self.last_purge.elapsed() >= PURGE_EVERY {
+                self.last_purge = Instant::now();
+                match self.store.purge_answers(IDEMPOTENCY_TTL_MS, PURGE_BATCH) {
+                    Ok(0) => {}
+                    Ok(n) => info!("purged {n} expired idempotency key(s)"),
+                    Err(e) => warn!("purging idempotency keys: {e}"),
                 }
             }
             select! {
@@ -185,6 +205,15 @@ impl Worker {
             }
         };
         let took = started.elapsed().as_millis();
+        if let Ok(true) = result {
+            let state = if error.is_some() {
+                "failed"
+            } else {
+                "succeeded"
+            };
+            let since_accepted = Duration::from_millis((now_ms() - job.created_at).max(0) as u64);
+            self.metrics.action_finished(state, since_accepted);
+        }
         match (result, error) {
             (Ok(true), None) => info!("action {id}: succeeded in {took} ms"),
             (Ok(true), Some(e)) => warn!("action {id}: failed in {took} ms: {e}"),

@@ -7,5 +7,7 @@ mod support;
 mod action;
 /// The real binary: the command line, configuration, and surviving SIGKILL.
 mod process;
+/// The read calls, action tracking, idempotency keys and metrics.
+mod read;
 /// The workers against the simulator: call order, skips, faults, concurrency.
 mod worker;

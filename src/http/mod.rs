@@ -17,6 +17,7 @@ use crossbeam_channel::Sender;
 use log::{error, info};
 
 use crate::auth::Authenticator;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{self, Store, StoreError};
 use reply::{ApiError, Reply};
@@ -29,6 +30,7 @@ const ACCEPT_TICK: Duration = Duration::from_millis(200);
 pub struct App {
     pub auth: Authenticator,
     pub wakeups: Sender<String>,
+    pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     /// The address listened on, for links when a request has no usable `Host`.
     pub listen: String,
@@ -172,6 +174,7 @@ fn serve_one(app: &App, store: &mut Store, mut request: tiny_http::Request) {
         }
     };
     let status = reply.status;
+    app.metrics.request(route, status, started.elapsed());
     info!(
         "{} {} {} {:.1}ms id={} route={} user={}",
         head.method,

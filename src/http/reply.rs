@@ -58,6 +58,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     /// 415: a body of a type the action call does not read.
     UnsupportedMediaType(String),
+    /// 422: an `Idempotency-Key` reused for a different request.
+    Unprocessable(String),
     /// 503: identity or the database cannot answer now; try again after the given seconds.
     Unavailable(String),
     /// 500: a bug (a handler panicked). Never chosen on purpose.
@@ -74,6 +76,7 @@ impl ApiError {
             ApiError::Conflict(_) => 409,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::Unprocessable(_) => 422,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal => 500,
         }
@@ -94,6 +97,7 @@ impl ApiError {
                 "payload_too_large",
             ),
             ApiError::UnsupportedMediaType(m) => (m.clone(), "unsupported_media_type"),
+            ApiError::Unprocessable(m) => (m.clone(), "idempotency_key_reused"),
             ApiError::Unavailable(m) => (m.clone(), "service_unavailable"),
             ApiError::Internal => ("Internal server error.".into(), "internal_error"),
         }

@@ -7,18 +7,31 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use sha2::{Digest, Sha256};
+
 use super::body::action_field;
 use super::reply::{ApiError, Reply};
 use super::App;
 use crate::auth::{token_from_headers, User};
-use crate::model::{rfc3339, ActionKind};
+use crate::metrics::Gauges;
+use crate::model::{now_ms, rfc3339, ActionKind};
 use crate::okeanos::AuthError;
-use crate::store::{ActionRecord, Instance, Requested, Store};
+use crate::store::{ActionRecord, Instance, Requested, Store, StoredAnswer};
+use crate::worker::IDEMPOTENCY_TTL_MS;
 
 const INSTANCE_NOT_FOUND: &str = "The specified lambda instance doesn't exist.";
 const ACTION_NOT_FOUND: &str = "The specified action doesn't exist.";
 const BAD_ACTION: &str = "action POST parameter can be used with start or stop value.";
 const BAD_FILTER: &str = "filter GET parameter can be used with values status or info.";
+const BAD_LIMIT: &str = "limit value should be an integer greater or equal to zero.";
+const BAD_OFFSET: &str = "offset value should be an integer greater or equal to zero.";
+const BAD_KEY: &str = "Idempotency-Key must be 1 to 255 printable ASCII characters.";
+const KEY_REUSED: &str =
+    "This Idempotency-Key was used with a different request in the last 24 hours.";
+/// Largest page; a larger `limit` is served as this.
+const MAX_LIMIT: u64 = 1000;
+/// Page size of the action history when the client gives no `limit`.
+const DEFAULT_ACTIONS_LIMIT: u64 = 20;
 
 /// The parts of a request a handler may look at before deciding to read the body.
 #[derive(Debug, Clone, Default)]
@@ -90,6 +103,7 @@ impl BodySource for std::io::Cursor<Vec<u8>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
     Health,
+    Metrics,
     Authenticate,
     Instances,
     Count,
@@ -103,6 +117,7 @@ impl Route<'_> {
     pub fn template(&self) -> &'static str {
         match self {
             Route::Health => "/healthz",
+            Route::Metrics => "/metrics",
             Route::Authenticate => "/api/authenticate/",
             Route::Instances => "/api/lambda-instances/",
             Route::Count => "/api/lambda-instances/count/",
@@ -129,6 +144,7 @@ pub fn route(path: &str) -> Option<Route<'_>> {
     }
     Some(match segments.as_slice() {
         ["healthz"] => Route::Health,
+        ["metrics"] => Route::Metrics,
         ["api", "authenticate"] => Route::Authenticate,
         ["api", "lambda-instances"] => Route::Instances,
         ["api", "lambda-instances", "count"] => Route::Count,
@@ -183,8 +199,10 @@ fn dispatch(
         (_, _) if read => {}
         _ => return Err(ApiError::MethodNotAllowed(route.allow())),
     }
-    if route == Route::Health {
-        return Ok(health(store));
+    match route {
+        Route::Health => return Ok(health(store)),
+        Route::Metrics => return metrics(app, store),
+        _ => {}
     }
     let (user, token) = authenticate(app, head)?;
     *user_id = Some(user.id.clone());
@@ -195,20 +213,144 @@ fn dispatch(
             &json!({"status": 200, "result": "Success", "data": {"name": user.name}}),
         )),
         Route::Instance(id) if method == "POST" => {
-            action_call(app, store, head, body, &user, token, id, &base)
+            let caller = Caller { user, token, base };
+            action_call(app, store, head, body, &caller, id)
         }
         Route::Instance(id) => instance_details(store, head, &user, id),
+        Route::Instances => list_instances(store, head, &user, &base),
+        Route::Count => Ok(Reply::json(
+            200,
+            &json!({
+                "status": {"short_description": "Number of Lambda Instances", "code": 200},
+                "data": [{"count": store.count_instances(&user.id)?}],
+            }),
+        )),
+        Route::Actions(id) => list_actions(store, head, &user, id, &base),
         Route::Action(id, action_id) => {
             owned(store, id, &user)?;
             let record = store
                 .action(id, action_id)?
                 .ok_or_else(|| ApiError::NotFound(ACTION_NOT_FOUND.into()))?;
-            Ok(Reply::json(200, &action_json(&record)))
+            let reply = Reply::json(200, &action_json(&record));
+            Ok(if record.state.is_live() {
+                with_retry_after(app, reply, record.created_at)
+            } else {
+                reply
+            })
         }
-        Route::Instances | Route::Count | Route::Actions(_) | Route::Health => Err(
-            ApiError::NotFound("The requested URL was not found.".into()),
-        ),
+        Route::Health | Route::Metrics => unreachable!("answered before authentication"),
     }
+}
+
+/// Adds `Retry-After` for an action accepted at `created_at` and not yet ended.
+fn with_retry_after(app: &App, reply: Reply, created_at: i64) -> Reply {
+    let age = std::time::Duration::from_millis((now_ms() - created_at).max(0) as u64);
+    reply.with_header("Retry-After", app.metrics.retry_after(age).to_string())
+}
+
+fn metrics(app: &App, store: &Store) -> Result<Reply, ApiError> {
+    let (queued, running) = store.live_counts()?;
+    let gauges = Gauges {
+        queued,
+        running,
+        channel: app.wakeups.len(),
+    };
+    Ok(Reply::text(
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        app.metrics.render(&gauges),
+    ))
+}
+
+/// `limit` and `offset` from the query; `limit` None when absent.
+fn page(head: &Head) -> Result<(Option<u64>, u64), ApiError> {
+    let number = |name: &str, message: &str| -> Result<Option<u64>, ApiError> {
+        match head.query_param(name) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| ApiError::BadRequest(message.into())),
+        }
+    };
+    let limit = number("limit", BAD_LIMIT)?.map(|l| l.min(MAX_LIMIT));
+    let offset = number("offset", BAD_OFFSET)?.unwrap_or(0);
+    Ok((limit, offset))
+}
+
+/// `{"count","next","previous"}` with absolute URLs, or null at either end.
+fn pagination(base: &str, path: &str, limit: u64, offset: u64, count: u64) -> Value {
+    let link = |offset: u64| Value::String(format!("{base}{path}?limit={limit}&offset={offset}"));
+    let next = if limit > 0 && offset.saturating_add(limit) < count {
+        link(offset + limit)
+    } else {
+        Value::Null
+    };
+    // Back one page, but never past the last page that has items.
+    let previous = if offset > 0 && limit > 0 && count > 0 {
+        let last_page = (count - 1) / limit * limit;
+        link(offset.saturating_sub(limit).min(last_page))
+    } else {
+        Value::Null
+    };
+    json!({"count": count, "next": next, "previous": previous})
+}
+
+/// `GET /api/lambda-instances/[?limit=&offset=]`.
+fn list_instances(store: &Store, head: &Head, user: &User, base: &str) -> Result<Reply, ApiError> {
+    let (limit, offset) = page(head)?;
+    let data: Vec<Value> = store
+        .list_instances(&user.id, limit, offset)?
+        .into_iter()
+        .map(|i| {
+            let mut status = json!({
+                "message": i.status.name(),
+                "code": i.status.code(),
+                "detail": i.status.detail(),
+            });
+            if let Some(m) = i.failure_message {
+                status["failure_message"] = Value::String(m);
+            }
+            json!({"name": i.name, "id": i.id, "status": status})
+        })
+        .collect();
+    let mut body = json!({
+        "status": {"short_description": "Lambda instances", "code": 200},
+        "data": data,
+    });
+    if let Some(limit) = limit {
+        let count = store.count_instances(&user.id)?;
+        body["pagination"] = pagination(base, "/api/lambda-instances/", limit, offset, count);
+    }
+    Ok(Reply::json(200, &body))
+}
+
+/// `GET /api/lambda-instances/{id}/actions/[?limit=&offset=]`: newest first, always paged.
+fn list_actions(
+    store: &Store,
+    head: &Head,
+    user: &User,
+    id: &str,
+    base: &str,
+) -> Result<Reply, ApiError> {
+    let (limit, offset) = page(head)?;
+    owned(store, id, user)?;
+    let limit = limit.unwrap_or(DEFAULT_ACTIONS_LIMIT);
+    let data: Vec<Value> = store
+        .list_actions(id, limit, offset)?
+        .iter()
+        .map(action_json)
+        .collect();
+    let count = store.count_actions(id)?;
+    let path = format!("/api/lambda-instances/{id}/actions/");
+    Ok(Reply::json(
+        200,
+        &json!({
+            "status": {"short_description": "Lambda instance actions", "code": 200},
+            "data": data,
+            "pagination": pagination(base, &path, limit, offset, count),
+        }),
+    ))
 }
 
 fn health(store: &Store) -> Reply {
@@ -225,11 +367,20 @@ fn health(store: &Store) -> Reply {
     }
 }
 
+/// Who made an action call, and the base of the links to answer with.
+struct Caller<'a> {
+    user: Arc<User>,
+    token: &'a str,
+    base: String,
+}
+
 /// The caller, by their token; 401 for none or a rejected one, 503 when identity cannot say.
 fn authenticate<'h>(app: &App, head: &'h Head) -> Result<(Arc<User>, &'h str), ApiError> {
     let token = token_from_headers(head.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .ok_or(ApiError::Unauthorized)?;
-    match app.auth.check(token).result {
+    let checked = app.auth.check(token);
+    app.metrics.token_check(checked.cached);
+    match checked.result {
         Ok(user) => Ok((user, token)),
         Err(AuthError::Rejected) => Err(ApiError::Unauthorized),
         Err(AuthError::Unavailable(why)) => {
@@ -248,47 +399,108 @@ fn owned(store: &Store, id: &str, user: &User) -> Result<Instance, ApiError> {
 }
 
 /// `POST /api/lambda-instances/{id}/`: token → instance → action → state table.
-#[allow(clippy::too_many_arguments)]
 fn action_call(
     app: &App,
     store: &mut Store,
     head: &Head,
     body: &mut dyn BodySource,
-    user: &User,
-    token: &str,
+    caller: &Caller,
     id: &str,
-    base: &str,
 ) -> Result<Reply, ApiError> {
+    let user = &caller.user;
+    let key = idempotency_key(head)?;
     owned(store, id, user)?;
     let bytes = read_body(head, body, app.max_body_bytes)?;
     let action = action_field(head.header("content-type"), &bytes)?
         .as_deref()
         .and_then(ActionKind::parse)
         .ok_or_else(|| ApiError::BadRequest(BAD_ACTION.into()))?;
-    let action_id = match store.request_action(id, &user.id, action, token, &user.compute_url)? {
-        Requested::NotFound => return Err(ApiError::NotFound(INSTANCE_NOT_FOUND.into())),
-        Requested::Conflict(message) => return Err(ApiError::Conflict(message)),
-        Requested::Merged(action_id) => action_id,
-        Requested::Created(action_id) => {
-            // Committed: the action is safe whether or not this wake-up fits in the channel
-            // (an idle worker finds it in SQLite within a second).
-            let _ = app.wakeups.try_send(action_id.clone());
-            log::info!(
-                "action {action_id}: {} instance {id} accepted",
-                action.name()
-            );
-            action_id
-        }
+    let Some(key) = key else {
+        return decide(app, store, caller, id, action);
     };
+    // The request's identity is what it asks for, not its bytes: curl -F picks a new
+    // multipart boundary on every call, and a retry must still match.
+    let fingerprint = format!("{:x}", Sha256::digest(format!("{id} {}", action.name())));
+    if let Some(stored) = store.stored_answer(&user.id, key, IDEMPOTENCY_TTL_MS)? {
+        if stored.fingerprint != fingerprint {
+            return Err(ApiError::Unprocessable(KEY_REUSED.into()));
+        }
+        let mut reply = Reply {
+            status: stored.status,
+            headers: vec![("Content-Type", "application/json".into())],
+            body: stored.body.into_bytes(),
+        };
+        if let Some(location) = stored.location {
+            reply = reply.with_header("Location", location);
+        }
+        return Ok(reply.with_header("Idempotent-Replayed", "true"));
+    }
+    let reply = decide(app, store, caller, id, action).unwrap_or_else(|e| e.reply());
+    // Answers of the state table are kept; a 503 (the database failing) is not an answer.
+    if matches!(reply.status, 202 | 409) {
+        let answer = StoredAnswer {
+            fingerprint,
+            status: reply.status,
+            body: String::from_utf8_lossy(&reply.body).into_owned(),
+            location: reply.header("location").map(str::to_string),
+        };
+        store.store_answer(&user.id, key, &answer, IDEMPOTENCY_TTL_MS)?;
+    }
+    Ok(reply)
+}
+
+/// The `Idempotency-Key` header, if any; 400 when it is empty, too long or not plain text.
+fn idempotency_key(head: &Head) -> Result<Option<&str>, ApiError> {
+    let Some(raw) = head.header("idempotency-key") else {
+        return Ok(None);
+    };
+    // The draft makes the key an sf-string, `"..."`; a bare token is accepted too.
+    let key = raw
+        .strip_prefix('"')
+        .and_then(|k| k.strip_suffix('"'))
+        .unwrap_or(raw);
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(ApiError::BadRequest(BAD_KEY.into()));
+    }
+    Ok(Some(key))
+}
+
+/// The state table, applied and committed; the 202 (with its handle) or the refusal.
+fn decide(
+    app: &App,
+    store: &mut Store,
+    caller: &Caller,
+    id: &str,
+    action: ActionKind,
+) -> Result<Reply, ApiError> {
+    let (user, base) = (&caller.user, &caller.base);
+    let action_id =
+        match store.request_action(id, &user.id, action, caller.token, &user.compute_url)? {
+            Requested::NotFound => return Err(ApiError::NotFound(INSTANCE_NOT_FOUND.into())),
+            Requested::Conflict(message) => return Err(ApiError::Conflict(message)),
+            Requested::Merged(action_id) => action_id,
+            Requested::Created(action_id) => {
+                // Committed: the action is safe whether or not this wake-up fits in the channel
+                // (an idle worker finds it in SQLite within a second).
+                let _ = app.wakeups.try_send(action_id.clone());
+                log::info!(
+                    "action {action_id}: {} instance {id} accepted",
+                    action.name()
+                );
+                action_id
+            }
+        };
     let location = format!("{base}/api/lambda-instances/{id}/actions/{action_id}/");
-    Ok(Reply::json(
+    let reply = Reply::json(
         202,
         &json!({
             "status": {"code": 202, "short-description": "Your request has been accepted"},
             "data": [{"id": action_id, "links": {"self": location}}],
         }),
     )
-    .with_header("Location", location))
+    .with_header("Location", location);
+    let age = std::time::Duration::ZERO;
+    Ok(reply.with_header("Retry-After", app.metrics.retry_after(age).to_string()))
 }
 
 /// Reads the body through a reader capped at `max` bytes: a declared length over the cap is
@@ -408,6 +620,33 @@ mod tests {
         check("/api//lambda-instances/", None);
         check("/api/lambda-instances/abc/actions/x/y", None);
         check("/api/lambda-instances/abc/start", None);
+    }
+
+    #[test]
+    fn pagination_links() {
+        let check = |limit, offset, count, next: Option<u64>, previous: Option<u64>| {
+            let v = pagination("http://h", "/p/", limit, offset, count);
+            let link = |o: Option<u64>| {
+                o.map_or(Value::Null, |o| {
+                    Value::String(format!("http://h/p/?limit={limit}&offset={o}"))
+                })
+            };
+            assert_eq!(v["count"], count);
+            assert_eq!(v["next"], link(next), "next of {limit} {offset} {count}");
+            assert_eq!(
+                v["previous"],
+                link(previous),
+                "previous of {limit} {offset} {count}"
+            );
+        };
+        check(2, 0, 5, Some(2), None);
+        check(2, 2, 5, Some(4), Some(0));
+        check(2, 4, 5, None, Some(2));
+        check(2, 1, 5, Some(3), Some(0));
+        check(2, 9, 5, None, Some(4));
+        check(2, 3, 4, None, Some(1));
+        check(0, 0, 5, None, None);
+        check(3, 0, 0, None, None);
     }
 
     #[test]

@@ -78,6 +78,16 @@ impl Harness {
         }
     }
 
+    /// Stops the service and starts it again on the same database (on a new port).
+    pub fn restart(&mut self) {
+        if let Some(s) = self.service.take() {
+            s.stop();
+        }
+        let service = Service::start(&self.config).expect("service restarts");
+        self.base = format!("http://{}", service.local_addr());
+        self.service = Some(service);
+    }
+
     /// Registers the demo cluster (master 101, slaves 102 and 103) in `status`.
     pub fn add_instance(&self, status: Status) -> String {
         self.add_instance_for(USER, status)

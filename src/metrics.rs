@@ -1,0 +1,258 @@
+//! Counters and histograms, written out in the Prometheus text format (version 0.0.4).
+//! A handful of families, so the exposition is written by hand rather than through a crate.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency buckets: 0.5 ms to 10 s.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if s <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += s;
+    }
+
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, n) in BUCKETS.iter().zip(self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+/// Everything the service counts. One instance, shared by every thread.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    request_seconds: Mutex<BTreeMap<&'static str, Histogram>>,
+    token_hits: AtomicU64,
+    token_misses: AtomicU64,
+    actions_finished: Mutex<BTreeMap<&'static str, u64>>,
+    okeanos_calls: Mutex<BTreeMap<(&'static str, String), u64>>,
+    okeanos_seconds: Mutex<BTreeMap<&'static str, Histogram>>,
+    /// Moving average of how long recent actions took from acceptance to their end (ms).
+    action_ms: Mutex<Option<f64>>,
+}
+
+/// What `Retry-After` says while there is no history to go by.
+const DEFAULT_ETA: Duration = Duration::from_secs(5);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update is a single map operation, so a poisoned map is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Gauges read at scrape time.
+pub struct Gauges {
+    /// Actions waiting in SQLite for a worker.
+    pub queued: u64,
+    /// Actions being run.
+    pub running: u64,
+    /// Wake-ups waiting in the channel.
+    pub channel: usize,
+}
+
+impl Metrics {
+    /// A request answered: `route` is the path template, never the path itself.
+    pub fn request(&self, route: &'static str, status: u16, took: Duration) {
+        *lock(&self.requests).entry((route, status)).or_default() += 1;
+        lock(&self.request_seconds)
+            .entry(route)
+            .or_default()
+            .observe(took);
+    }
+
+    pub fn token_check(&self, cached: bool) {
+        let c = if cached {
+            &self.token_hits
+        } else {
+            &self.token_misses
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An action ended: `state` is `succeeded` or `failed`; it took `took` since it was
+    /// accepted.
+    pub fn action_finished(&self, state: &'static str, took: Duration) {
+        *lock(&self.actions_finished).entry(state).or_default() += 1;
+        let ms = took.as_secs_f64() * 1000.0;
+        let mut avg = lock(&self.action_ms);
+        *avg = Some(avg.map_or(ms, |a| 0.8 * a + 0.2 * ms));
+    }
+
+    /// Seconds a client should wait before asking again about an action accepted `age` ago:
+    /// what recent actions took, less its age, from 1 to 30.
+    pub fn retry_after(&self, age: Duration) -> u64 {
+        let eta =
+            lock(&self.action_ms).map_or(DEFAULT_ETA, |ms| Duration::from_secs_f64(ms / 1000.0));
+        eta.saturating_sub(age)
+            .as_secs_f64()
+            .ceil()
+            .clamp(1.0, 30.0) as u64
+    }
+
+    /// A call to ~okeanos: `op` is `tokens`, `status`, `start` or `shutdown`; `outcome` the
+    /// HTTP status, or `transport` when there was no answer.
+    pub fn okeanos_call(&self, op: &'static str, outcome: String, took: Duration) {
+        *lock(&self.okeanos_calls).entry((op, outcome)).or_default() += 1;
+        lock(&self.okeanos_seconds)
+            .entry(op)
+            .or_default()
+            .observe(took);
+    }
+
+    /// The exposition of every family.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(8192);
+        out.push_str("# HELP lambda_http_requests_total HTTP requests answered, by route template and status.\n");
+        out.push_str("# TYPE lambda_http_requests_total counter\n");
+        for ((route, status), n) in lock(&self.requests).iter() {
+            let _ = writeln!(
+                out,
+                "lambda_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP lambda_http_request_duration_seconds Time to answer a request.\n");
+        out.push_str("# TYPE lambda_http_request_duration_seconds histogram\n");
+        for (route, h) in lock(&self.request_seconds).iter() {
+            h.write(
+                &mut out,
+                "lambda_http_request_duration_seconds",
+                &format!("route=\"{route}\""),
+            );
+        }
+        out.push_str("# HELP lambda_token_cache_total Token checks, answered by the cache (hit) or by identity (miss).\n");
+        out.push_str("# TYPE lambda_token_cache_total counter\n");
+        let _ = writeln!(
+            out,
+            "lambda_token_cache_total{{result=\"hit\"}} {}",
+            self.token_hits.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "lambda_token_cache_total{{result=\"miss\"}} {}",
+            self.token_misses.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP lambda_actions Actions not yet finished, by state.\n");
+        out.push_str("# TYPE lambda_actions gauge\n");
+        let _ = writeln!(out, "lambda_actions{{state=\"queued\"}} {}", gauges.queued);
+        let _ = writeln!(
+            out,
+            "lambda_actions{{state=\"running\"}} {}",
+            gauges.running
+        );
+        out.push_str("# HELP lambda_queue_wakeups Wake-ups waiting in the worker channel.\n");
+        out.push_str("# TYPE lambda_queue_wakeups gauge\n");
+        let _ = writeln!(out, "lambda_queue_wakeups {}", gauges.channel);
+        out.push_str(
+            "# HELP lambda_actions_finished_total Actions ended by this process, by final state.\n",
+        );
+        out.push_str("# TYPE lambda_actions_finished_total counter\n");
+        let finished = lock(&self.actions_finished);
+        for state in ["succeeded", "failed"] {
+            let n = finished.get(state).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "lambda_actions_finished_total{{state=\"{state}\"}} {n}"
+            );
+        }
+        drop(finished);
+        out.push_str("# HELP lambda_okeanos_calls_total Calls to ~okeanos, by operation and outcome (HTTP status or transport).\n");
+        out.push_str("# TYPE lambda_okeanos_calls_total counter\n");
+        for ((op, outcome), n) in lock(&self.okeanos_calls).iter() {
+            let _ = writeln!(
+                out,
+                "lambda_okeanos_calls_total{{op=\"{op}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP lambda_okeanos_call_duration_seconds Time of one call to ~okeanos.\n");
+        out.push_str("# TYPE lambda_okeanos_call_duration_seconds histogram\n");
+        for (op, h) in lock(&self.okeanos_seconds).iter() {
+            h.write(
+                &mut out,
+                "lambda_okeanos_call_duration_seconds",
+                &format!("op=\"{op}\""),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_follows_recent_actions() {
+        let m = Metrics::default();
+        assert_eq!(m.retry_after(Duration::ZERO), 5);
+        m.action_finished("succeeded", Duration::from_secs(12));
+        assert_eq!(m.retry_after(Duration::ZERO), 12);
+        assert_eq!(m.retry_after(Duration::from_secs(4)), 8);
+        assert_eq!(m.retry_after(Duration::from_secs(60)), 1);
+        m.action_finished("succeeded", Duration::from_secs(3600));
+        assert_eq!(m.retry_after(Duration::ZERO), 30);
+    }
+
+    #[test]
+    fn exposition_lines() {
+        let m = Metrics::default();
+        m.request("/healthz", 200, Duration::from_millis(3));
+        m.request("/healthz", 200, Duration::from_millis(30));
+        m.token_check(true);
+        m.action_finished("failed", Duration::from_secs(1));
+        m.okeanos_call("start", "413".into(), Duration::from_millis(2));
+        let text = m.render(&Gauges {
+            queued: 2,
+            running: 1,
+            channel: 0,
+        });
+        for line in [
+            "lambda_http_requests_total{route=\"/healthz\",status=\"200\"} 2",
+            "lambda_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.005\"} 1",
+            "lambda_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"+Inf\"} 2",
+            "lambda_http_request_duration_seconds_count{route=\"/healthz\"} 2",
+            "lambda_token_cache_total{result=\"hit\"} 1",
+            "lambda_actions{state=\"queued\"} 2",
+            "lambda_actions_finished_total{state=\"failed\"} 1",
+            "lambda_actions_finished_total{state=\"succeeded\"} 0",
+            "lambda_okeanos_calls_total{op=\"start\",outcome=\"413\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
+}
