@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::error::Error;
 use crate::model::Status;
-use crate::{store, Service};
+use crate::Service;
 
 pub const USAGE: &str = "\
 lambda-api: starts and stops ~okeanos lambda instances for their owners
@@ -112,13 +112,13 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
                     Error::Usage(format!("--status {s:?}: not a status name; see --help"))
                 })?,
             };
-            let mut store = store::open(&config()?.database)?;
+            let mut store = config()?.db().open()?;
             let id = store.add_instance(&name, &owner, &master, &a.slaves, status)?;
             println!("{id}");
             Ok(())
         }
         ["instances", "list"] => {
-            let store = store::open(&config()?.database)?;
+            let store = config()?.db().open()?;
             for i in store.all_instances()? {
                 println!(
                     "{}\t{}\t{}\t{}\tmaster={}\tslaves={}",
@@ -133,7 +133,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
             Ok(())
         }
         ["instances", "remove", id] => {
-            let mut store = store::open(&config()?.database)?;
+            let mut store = config()?.db().open()?;
             if store.remove_instance(id)? {
                 Ok(())
             } else {
@@ -148,8 +148,28 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
 }
 
 fn serve(config: Config) -> Result<(), Error> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
     log::info!("effective configuration:\n{config}");
+    // Registered before the service starts, so that a signal arriving at any moment after
+    // the first request is accepted goes through the graceful path.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| Error::System(format!("cannot handle signals: {e}")))?;
     let service = Service::start(&config)?;
+    let stop = service.shutdown_handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                log::info!("{name}: stopping (grace {} s)", config.shutdown_grace_secs);
+                stop.trigger();
+            }
+        })
+        .map_err(|e| Error::System(format!("cannot start the signal thread: {e}")))?;
     log::info!("listening on http://{}", service.local_addr());
     service.wait();
     log::info!("stopped");

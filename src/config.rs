@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::store::{Database, Synchronous};
+
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "LAMBDA_API_";
 
@@ -21,6 +23,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "database",
         "\"lambda-api.db\"",
         "SQLite file (created mode 0600)",
+    ),
+    (
+        "synchronous",
+        "\"full\"",
+        "full: a 202 survives a power cut; normal: faster, survives a crash of the process only",
     ),
     ("http_threads", "8", "threads answering HTTP requests"),
     ("workers", "4", "threads running actions against ~okeanos"),
@@ -70,6 +77,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "first back-off pause after a transient fault (doubles, jittered)",
     ),
     ("max_body_bytes", "8192", "largest request body accepted"),
+    (
+        "shutdown_grace_secs",
+        "10",
+        "on SIGTERM/SIGINT, how long running actions may take to finish before being handed back",
+    ),
 ];
 
 /// The effective configuration of one process.
@@ -77,6 +89,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
 pub struct Config {
     pub listen: String,
     pub database: PathBuf,
+    pub synchronous: Synchronous,
     pub http_threads: usize,
     pub workers: usize,
     pub queue_capacity: usize,
@@ -89,6 +102,7 @@ pub struct Config {
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub max_body_bytes: usize,
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for Config {
@@ -96,6 +110,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:8080".into(),
             database: PathBuf::from("lambda-api.db"),
+            synchronous: Synchronous::Full,
             http_threads: 8,
             workers: 4,
             queue_capacity: 1024,
@@ -108,6 +123,7 @@ impl Default for Config {
             max_attempts: 5,
             retry_base_ms: 500,
             max_body_bytes: 8192,
+            shutdown_grace_secs: 10,
         }
     }
 }
@@ -269,6 +285,19 @@ impl Config {
                     Ok(())
                 }
             }),
+            "synchronous" => raw.string().and_then(|s| {
+                self.synchronous = match s.to_ascii_lowercase().as_str() {
+                    "full" => Synchronous::Full,
+                    "normal" => Synchronous::Normal,
+                    _ => {
+                        return Err(format!(
+                            "expected \"full\" or \"normal\", got {}",
+                            raw.shown()
+                        ))
+                    }
+                };
+                Ok(())
+            }),
             "http_threads" => raw.int(1, 1024).map(|n| self.http_threads = n as usize),
             "workers" => raw.int(1, 256).map(|n| self.workers = n as usize),
             "queue_capacity" => raw
@@ -285,6 +314,7 @@ impl Config {
             "max_body_bytes" => raw
                 .int(64, 1 << 20)
                 .map(|n| self.max_body_bytes = n as usize),
+            "shutdown_grace_secs" => raw.int(0, 3600).map(|n| self.shutdown_grace_secs = n),
             _ => {
                 return Err(ConfigError::UnknownKey {
                     origin: origin.to_string(),
@@ -297,6 +327,14 @@ impl Config {
             key: key.to_string(),
             reason,
         })
+    }
+
+    /// The database, as every connection of the process opens it.
+    pub fn db(&self) -> Database {
+        Database {
+            path: self.database.clone(),
+            synchronous: self.synchronous,
+        }
     }
 
     pub fn okeanos_timeout(&self) -> Duration {
@@ -322,6 +360,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "listen = {:?}", self.listen)?;
         writeln!(f, "database = {:?}", self.database.display().to_string())?;
+        writeln!(f, "synchronous = {:?}", self.synchronous.name())?;
         writeln!(f, "http_threads = {}", self.http_threads)?;
         writeln!(f, "workers = {}", self.workers)?;
         writeln!(f, "queue_capacity = {}", self.queue_capacity)?;
@@ -333,7 +372,8 @@ impl fmt::Display for Config {
         writeln!(f, "vm_wait_timeout_secs = {}", self.vm_wait_timeout_secs)?;
         writeln!(f, "max_attempts = {}", self.max_attempts)?;
         writeln!(f, "retry_base_ms = {}", self.retry_base_ms)?;
-        write!(f, "max_body_bytes = {}", self.max_body_bytes)
+        writeln!(f, "max_body_bytes = {}", self.max_body_bytes)?;
+        write!(f, "shutdown_grace_secs = {}", self.shutdown_grace_secs)
     }
 }
 
@@ -432,6 +472,7 @@ mod tests {
         check_err("listen = \"nowhere\"\n", &[], "key `listen`");
         check_err("astakos_url = \"ftp://x\"\n", &[], "key `astakos_url`");
         check_err("database = 3\n", &[], "key `database`: expected a string");
+        check_err("synchronous = \"off\"\n", &[], "key `synchronous`");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub enum Error {
     Start(StartError),
     /// A command named something that does not exist.
     NotFound(String),
+    /// The operating system refused something the service needs (signal handlers, threads).
+    System(String),
 }
 
 impl Error {
@@ -37,7 +39,7 @@ impl fmt::Display for Error {
             Error::Config(e) => write!(f, "{e}"),
             Error::Store(e) => write!(f, "{e}"),
             Error::Start(e) => write!(f, "{e}"),
-            Error::NotFound(m) => write!(f, "{m}"),
+            Error::NotFound(m) | Error::System(m) => write!(f, "{m}"),
         }
     }
 }

@@ -32,13 +32,14 @@ pub struct Service {
     http: HttpServer,
     pool: Pool,
     shutdown: Arc<Shutdown>,
+    grace: std::time::Duration,
 }
 
 impl Service {
     /// Opens (and migrates) the database, takes up actions a previous process left, and starts
     /// the workers and the HTTP threads.
     pub fn start(config: &Config) -> Result<Service, Error> {
-        let (requeued, orphaned) = store::open(&config.database)?.recover()?;
+        let (requeued, orphaned) = config.db().open()?.recover()?;
         if requeued > 0 || orphaned > 0 {
             log::info!(
                 "recovery: {requeued} interrupted action(s) queued again, \
@@ -51,7 +52,7 @@ impl Service {
         let shutdown = Arc::new(Shutdown::default());
         let pool = Pool::start(
             config.workers,
-            &config.database,
+            &config.db(),
             Settings::from_config(config),
             client.clone(),
             queue,
@@ -73,14 +74,14 @@ impl Service {
         let http = match HttpServer::start(
             &config.listen,
             config.http_threads,
-            &config.database,
+            &config.db(),
             app,
             shutdown.clone(),
         ) {
             Ok(http) => http,
             Err(e) => {
                 shutdown.trigger();
-                pool.join();
+                pool.join(std::time::Duration::ZERO);
                 return Err(e.into());
             }
         };
@@ -88,6 +89,7 @@ impl Service {
             http,
             pool,
             shutdown,
+            grace: std::time::Duration::from_secs(config.shutdown_grace_secs),
         })
     }
 
@@ -107,11 +109,12 @@ impl Service {
         self.stop();
     }
 
-    /// Stops taking requests, hands running actions back to the queue, and waits for every
-    /// thread.
+    /// Stops taking requests (answering those already read), gives running actions
+    /// `shutdown_grace_secs` to finish, hands the rest back to the queue, and waits for every
+    /// thread. The database connections close with their threads.
     pub fn stop(self) {
         self.shutdown.trigger();
         self.http.join();
-        self.pool.join();
+        self.pool.join(self.grace);
     }
 }

@@ -39,6 +39,25 @@ impl fmt::Display for AuthError {
     }
 }
 
+/// What Cyclades says of a server: its status, and the task under way on it, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerState {
+    /// ACTIVE, STOPPED, BUILD, REBOOT, DELETED, UNKNOWN or ERROR.
+    pub status: String,
+    /// `SNF:task_state`: STARTING, STOPPING, BUILDING, ... or empty when none.
+    pub task: String,
+}
+
+impl fmt::Display for ServerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.task.is_empty() {
+            write!(f, "{}", self.status)
+        } else {
+            write!(f, "{} (task {})", self.status, self.task)
+        }
+    }
+}
+
 /// A server action of the Cyclades API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerAction {
@@ -51,6 +70,30 @@ impl ServerAction {
         match self {
             ServerAction::Start => "start",
             ServerAction::Shutdown => "shutdown",
+        }
+    }
+
+    /// The status the action leaves a server in.
+    pub fn target(self) -> &'static str {
+        match self {
+            ServerAction::Start => "ACTIVE",
+            ServerAction::Shutdown => "STOPPED",
+        }
+    }
+
+    /// The status the action applies to.
+    pub fn source(self) -> &'static str {
+        match self {
+            ServerAction::Start => "STOPPED",
+            ServerAction::Shutdown => "ACTIVE",
+        }
+    }
+
+    /// `SNF:task_state` while the action is under way.
+    pub fn task(self) -> &'static str {
+        match self {
+            ServerAction::Start => "STARTING",
+            ServerAction::Shutdown => "STOPPING",
         }
     }
 }
@@ -157,13 +200,13 @@ impl Client {
         }
     }
 
-    /// `GET {compute}/servers/{id}` → the server's status (ACTIVE, STOPPED, BUILD, ...).
+    /// `GET {compute}/servers/{id}` → the server's status and task.
     pub fn server_status(
         &self,
         compute: &str,
         token: &str,
         server: &str,
-    ) -> Result<String, OkeanosError> {
+    ) -> Result<ServerState, OkeanosError> {
         let started = Instant::now();
         let reply = self
             .agent
@@ -177,10 +220,18 @@ impl Client {
         if status != 200 {
             return Err(fault(status, &body));
         }
-        serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v["server"]["status"].as_str().map(str::to_string))
-            .ok_or_else(|| OkeanosError::Transport("server reply without server.status".into()))
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| OkeanosError::Transport(format!("server reply is not JSON: {e}")))?;
+        let status = v["server"]["status"]
+            .as_str()
+            .ok_or_else(|| OkeanosError::Transport("server reply without server.status".into()))?;
+        Ok(ServerState {
+            status: status.to_string(),
+            task: v["server"]["SNF:task_state"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        })
     }
 
     /// `POST {compute}/servers/{id}/action` with `{"start":{}}` or `{"shutdown":{}}`.

@@ -5,6 +5,7 @@
 //! injection. A control API under `/_sim/` changes faults and VMs and shows the calls made.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -59,6 +60,15 @@ pub struct Faults {
     pub quota_exceeded: bool,
     /// Identity answers 503.
     pub identity_down: bool,
+    /// The next N compute calls get a response cut short and the connection closed.
+    pub reset_next: u32,
+    /// The next N compute calls are answered only after `hang_ms`.
+    pub hang_next: u32,
+    pub hang_ms: u64,
+    /// Accepted actions end with the VM in ERROR instead of their target.
+    pub fall_into_error: bool,
+    /// Compute calls on these servers wait, unanswered, until the server leaves this list.
+    pub hold: Vec<String>,
 }
 
 /// How to run a simulator.
@@ -87,13 +97,13 @@ struct Vm {
     owner: String,
     name: String,
     status: String,
-    /// Target status and when it is reached.
-    pending: Option<(String, Instant)>,
+    /// Target status, when it is reached, and the task shown meanwhile (`SNF:task_state`).
+    pending: Option<(String, Instant, &'static str)>,
 }
 
 impl Vm {
     fn settle(&mut self, now: Instant) {
-        if let Some((target, due)) = &self.pending {
+        if let Some((target, due, _)) = &self.pending {
             if *due <= now {
                 self.status = target.clone();
                 self.pending = None;
@@ -137,6 +147,10 @@ impl State {
 
     /// A fault the compute API answers with instead of doing the call, if one is due.
     fn compute_fault(&mut self) -> Option<(u16, Value)> {
+        if self.faults.reset_next > 0 {
+            self.faults.reset_next -= 1;
+            return Some((RESET, Value::Null));
+        }
         if self.faults.fail_next > 0 {
             self.faults.fail_next -= 1;
             return Some(unavailable());
@@ -151,6 +165,9 @@ impl State {
         None
     }
 }
+
+/// Not a status: the answer is cut short and the connection closed.
+const RESET: u16 = 0;
 
 fn fault(code: u16, name: &str, message: &str) -> (u16, Value) {
     (
@@ -264,6 +281,16 @@ impl Sim {
         self.lock().faults = faults;
     }
 
+    /// Changes how long VMs take to change state, for actions accepted from now on.
+    pub fn set_transition(&self, transition: Duration) {
+        self.lock().transition = transition;
+    }
+
+    /// Makes a token invalid from now on, as an expired one is.
+    pub fn revoke_token(&self, token: &str) {
+        self.lock().users.remove(token);
+    }
+
     /// Every call answered so far, oldest first.
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
@@ -319,11 +346,17 @@ fn answer(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
         .unwrap_or("")
         .trim_end_matches('/')
         .to_string();
-    let latency = Duration::from_millis(lock(state).faults.latency_ms);
-    if !latency.is_zero() && !path.starts_with("/_sim") {
-        std::thread::sleep(latency);
+    if !path.starts_with("/_sim") {
+        delay(state, &path);
     }
     let (status, reply) = route(state, base, &method, &path, token.as_deref(), &body);
+    if status == RESET {
+        // Headers promising more than is sent, then the connection closes.
+        let mut writer = request.into_writer();
+        let _ = writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"ser");
+        let _ = writer.flush();
+        return;
+    }
     let mut response = tiny_http::Response::from_data(match &reply {
         Value::Null => Vec::new(),
         v => v.to_string().into_bytes(),
@@ -335,6 +368,30 @@ fn answer(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
         }
     }
     let _ = request.respond(response);
+}
+
+/// Latency, hangs and holds: waits before a call is answered (without the lock held).
+fn delay(state: &Mutex<State>, path: &str) {
+    let (latency, hang) = {
+        let mut s = lock(state);
+        let hang = if s.faults.hang_next > 0 && path.starts_with("/compute") {
+            s.faults.hang_next -= 1;
+            s.faults.hang_ms
+        } else {
+            0
+        };
+        (s.faults.latency_ms, hang)
+    };
+    std::thread::sleep(Duration::from_millis(latency + hang));
+    // Held servers: the call waits (two minutes at most) until the hold is lifted.
+    let server = path.split('/').nth(4).unwrap_or("");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while path.starts_with("/compute")
+        && Instant::now() < deadline
+        && lock(state).faults.hold.iter().any(|h| h == server)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn route(
@@ -457,6 +514,7 @@ fn compute(s: &mut State, token: Option<&str>, id: &str, action: Option<&str>) -
         );
     }
     let transition = s.transition;
+    let s_fall_into_error = s.faults.fall_into_error;
     let now = Instant::now();
     // Another user's server is as absent as a missing one, as in Cyclades.
     let Some(vm) = s.vms.get_mut(id).filter(|vm| vm.owner == user) else {
@@ -465,17 +523,24 @@ fn compute(s: &mut State, token: Option<&str>, id: &str, action: Option<&str>) -
     vm.settle(now);
     let (target, from, verb) = match action {
         None => {
+            let task = vm.pending.as_ref().map_or("", |p| p.2);
             return (
                 200,
-                json!({"server": {"id": id, "name": vm.name, "status": vm.status, "user_id": vm.owner}}),
-            )
+                json!({"server": {"id": id, "name": vm.name, "status": vm.status,
+                                  "SNF:task_state": task, "user_id": vm.owner}}),
+            );
         }
         Some("start") => ("ACTIVE", "STOPPED", "START"),
         Some("shutdown") => ("STOPPED", "ACTIVE", "STOP"),
         Some(_) => return fault(400, "badRequest", "Unknown server action"),
     };
+    let task = if verb == "START" {
+        "STARTING"
+    } else {
+        "STOPPING"
+    };
     match &vm.pending {
-        Some((t, _)) if t == target => return (202, Value::Null),
+        Some((_, _, t)) if *t == task => return (202, Value::Null),
         Some(_) => return fault(409, "buildInProgress", "Server is being built."),
         None => {}
     }
@@ -492,7 +557,8 @@ fn compute(s: &mut State, token: Option<&str>, id: &str, action: Option<&str>) -
             &format!("Cannot perform '{verb}' action while server is in '{operstate}' state."),
         );
     }
-    vm.pending = Some((target.to_string(), now + transition));
+    let end = if s_fall_into_error { "ERROR" } else { target };
+    vm.pending = Some((end.to_string(), now + transition, task));
     vm.settle(now);
     (202, Value::Null)
 }
@@ -541,6 +607,18 @@ mod tests {
             body["badRequest"]["message"],
             "Cannot perform 'START' action while server is in 'STARTED' state."
         );
+    }
+
+    #[test]
+    fn a_pending_start_shows_its_task() {
+        let mut s = state();
+        s.transition = Duration::from_secs(60);
+        assert_eq!(compute(&mut s, Some("t1"), "1", Some("start")).0, 202);
+        let (_, v) = compute(&mut s, Some("t1"), "1", None);
+        assert_eq!(v["server"]["status"], "STOPPED");
+        assert_eq!(v["server"]["SNF:task_state"], "STARTING");
+        assert_eq!(compute(&mut s, Some("t1"), "1", Some("start")).0, 202);
+        assert_eq!(compute(&mut s, Some("t1"), "1", Some("shutdown")).0, 409);
     }
 
     #[test]

@@ -131,13 +131,45 @@ pub struct Store {
     conn: Connection,
 }
 
+/// How hard a commit waits for the disk (SQLite's `synchronous`, in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// Every commit is on disk before it returns: a 202 survives a power cut.
+    Full,
+    /// Commits reach the disk at checkpoints: a 202 survives a crash of the process, but the
+    /// last commits may be lost to a power cut or a kernel crash. Faster.
+    Normal,
+}
+
+impl Synchronous {
+    pub fn name(self) -> &'static str {
+        match self {
+            Synchronous::Full => "full",
+            Synchronous::Normal => "normal",
+        }
+    }
+}
+
+/// Where the database is and how to open it: every connection of a process is opened alike.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Database {
+    pub path: std::path::PathBuf,
+    pub synchronous: Synchronous,
+}
+
+impl Database {
+    pub fn open(&self) -> Result<Store> {
+        open(&self.path, self.synchronous)
+    }
+}
+
 /// Opens (creating it mode 0600 if needed) and migrates the database.
-pub fn open(path: &Path) -> Result<Store> {
+pub fn open(path: &Path, synchronous: Synchronous) -> Result<Store> {
     create_private(path)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", synchronous.name())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Erased tokens are overwritten on disk, not merely unlinked from the b-tree.
     conn.pragma_update(None, "secure_delete", "ON")?;
@@ -783,6 +815,16 @@ impl Store {
         }
         tx.commit()?;
         Ok(held)
+    }
+
+    /// Checkpoints the whole WAL into the database file and truncates the WAL to nothing, so
+    /// that erased tokens do not linger in old WAL frames. Returns false when readers kept it
+    /// from completing (try again later).
+    pub fn truncate_wal(&mut self) -> Result<bool> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        Ok(busy == 0)
     }
 
     /// Hands a claimed action back to the queue (the process is shutting down); the next

@@ -3,7 +3,6 @@
 //! channel or a restart loses nothing.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,9 +13,9 @@ use log::{error, info, warn};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{now_ms, ActionKind};
-use crate::okeanos::{Client, OkeanosError, ServerAction};
+use crate::okeanos::{Client, OkeanosError, ServerAction, ServerState};
 use crate::shutdown::Shutdown;
-use crate::store::{self, Job, Store, StoreError};
+use crate::store::{Database, Job, Store, StoreError};
 
 /// How often an idle worker looks at SQLite for work nobody woke it up for (an action whose
 /// wake-up did not fit in the channel, or whose lease expired).
@@ -55,13 +54,16 @@ impl Settings {
 /// The running pool.
 pub struct Pool {
     threads: Vec<JoinHandle<()>>,
+    abandon: Arc<Shutdown>,
+    /// One message per worker thread that has ended.
+    done: Receiver<()>,
 }
 
 impl Pool {
     /// Opens one database connection per worker and starts the threads.
     pub fn start(
         count: usize,
-        database: &Path,
+        database: &Database,
         settings: Settings,
         client: Client,
         wakeups: Receiver<String>,
@@ -69,26 +71,53 @@ impl Pool {
         shutdown: Arc<Shutdown>,
     ) -> Result<Pool, StoreError> {
         let mut threads = Vec::with_capacity(count);
+        let abandon = Arc::new(Shutdown::default());
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
         for n in 0..count {
             let worker = Worker {
-                store: store::open(database)?,
+                store: database.open()?,
                 client: client.clone(),
                 settings: settings.clone(),
                 metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
+                abandon: abandon.clone(),
                 last_purge: Instant::now(),
+                wal_dirty: false,
+                last_truncate: Instant::now(),
             };
             let wakeups = wakeups.clone();
+            let done = done_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{n}"))
-                .spawn(move || worker.run_loop(&wakeups))?;
+                .spawn(move || {
+                    worker.run_loop(&wakeups);
+                    let _ = done.send(());
+                })?;
             threads.push(thread);
         }
-        Ok(Pool { threads })
+        Ok(Pool {
+            threads,
+            abandon,
+            done: done_rx,
+        })
     }
 
-    /// Waits for every worker to stop (after shutdown was triggered).
-    pub fn join(self) {
+    /// After shutdown was triggered: gives the workers `grace` to finish the actions they are
+    /// running, then makes them hand what is left back to the queue, and waits for them.
+    pub fn join(self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let mut finished = 0;
+        while finished < self.threads.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.done.recv_timeout(left) {
+                Ok(()) => finished += 1,
+                Err(_) => break,
+            }
+        }
+        if finished < self.threads.len() {
+            info!("shutdown grace over: handing running actions back to the queue");
+        }
+        self.abandon.trigger();
         for t in self.threads {
             let _ = t.join();
         }
@@ -100,12 +129,20 @@ struct Worker {
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
+    /// Stop taking new actions.
     shutdown: Arc<Shutdown>,
+    /// Stop the current run and hand its action back (the shutdown grace period is over).
+    abandon: Arc<Shutdown>,
     last_purge: Instant,
+    /// An action ended (its token erased) since the WAL was last truncated.
+    wal_dirty: bool,
+    last_truncate: Instant,
 }
 
 /// How long an `Idempotency-Key` answer is replayed.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+/// Under steady load (no idle moment), the WAL is still truncated this often.
+const TRUNCATE_EVERY: Duration = Duration::from_secs(5);
 /// How often an idle worker deletes expired idempotency keys, and how many at a time.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 const PURGE_BATCH: u64 = 500;
@@ -135,9 +172,12 @@ impl Worker {
             match self.store.claim_next(self.settings.lease) {
                 Ok(Some(job)) => {
                     self.run_job(job);
+                    if self.last_truncate.elapsed() >= TRUNCATE_EVERY {
+                        self.truncate_wal();
+                    }
                     continue;
                 }
-                Ok(None) => {}
+                Ok(None) => self.truncate_wal(),
                 Err(e) => {
                     error!("claiming an action: {e}");
                     if self.shutdown.sleep(IDLE_TICK) {
@@ -159,6 +199,20 @@ impl Worker {
                 recv(self.shutdown.receiver()) -> _ => break,
                 default(IDLE_TICK) => {}
             }
+        }
+    }
+
+    /// Erased tokens may still sit in WAL frames; once an action has ended, the WAL is
+    /// checkpointed and truncated when this worker is idle, or every few seconds under load.
+    fn truncate_wal(&mut self) {
+        if !self.wal_dirty {
+            return;
+        }
+        self.last_truncate = Instant::now();
+        match self.store.truncate_wal() {
+            Ok(true) => self.wal_dirty = false,
+            Ok(false) => log::debug!("WAL truncation blocked by readers; will try again"),
+            Err(e) => warn!("truncating the WAL: {e}"),
         }
     }
 
@@ -206,6 +260,7 @@ impl Worker {
         };
         let took = started.elapsed().as_millis();
         if let Ok(true) = result {
+            self.wal_dirty = true;
             let state = if error.is_some() {
                 "failed"
             } else {
@@ -246,73 +301,74 @@ impl Worker {
     }
 
     /// Brings one VM to the action's target state: read first, act only if needed, then poll.
+    /// A task already under way for the same action (`SNF:task_state`), such as a start sent
+    /// by a run that crashed, is waited for, not sent again.
     fn bring(&mut self, job: &Job, vm: &str, op: ServerAction) -> Result<(), Stop> {
-        let (target, source) = match op {
-            ServerAction::Start => ("ACTIVE", "STOPPED"),
-            ServerAction::Shutdown => ("STOPPED", "ACTIVE"),
-        };
+        let (target, source) = (op.target(), op.source());
         let deadline = Instant::now() + self.settings.vm_wait_timeout;
-        let mut status = self.call(job, vm, "status", |c| {
-            c.server_status(&job.compute_url, &job.token, vm)
-        })?;
-        self.step(job, vm, "status", &status)?;
-        if status == target {
+        let mut state = self.read(job, vm)?;
+        self.step(job, vm, "status", &state.to_string())?;
+        if state.status == target && state.task.is_empty() {
             return self.step(job, vm, op.name(), &format!("skipped: already {target}"));
         }
         let mut sent = false;
         let mut polls = 0u32;
         loop {
-            match status.as_str() {
-                s if s == target => {
-                    return self.step(job, vm, "wait", &format!("{target} after {polls} polls"));
-                }
-                "ERROR" | "DELETED" => {
-                    let msg = format!("server {vm} is {status}; cannot {}", op.name());
-                    self.step(job, vm, "wait", &msg)?;
-                    return Err(Stop::Failed(msg));
-                }
-                s if s == source && !sent => {
-                    match self.call(job, vm, op.name(), |c| {
-                        c.server_action(&job.compute_url, &job.token, vm, op)
-                    }) {
-                        Ok(()) => self.step(job, vm, op.name(), "accepted")?,
-                        // Synnefo answers 400 when the server is not in a state the action
-                        // applies to; that may be because it just moved. Read it again.
-                        Err(Stop::Failed(msg)) if msg.starts_with("400 ") => {
-                            status = self.call(job, vm, "status", |c| {
-                                c.server_status(&job.compute_url, &job.token, vm)
-                            })?;
-                            self.step(job, vm, "status", &status)?;
-                            if status == source {
-                                return Err(Stop::Failed(msg));
-                            }
+            if state.status == target && state.task.is_empty() {
+                return self.step(job, vm, "wait", &format!("{target} after {polls} polls"));
+            }
+            if state.status == "ERROR" || state.status == "DELETED" {
+                let msg = format!("server {vm} is {}; cannot {}", state.status, op.name());
+                self.step(job, vm, "wait", &msg)?;
+                return Err(Stop::Failed(msg));
+            }
+            if state.task == op.task() && !sent {
+                self.step(job, vm, op.name(), "already under way")?;
+                sent = true;
+            }
+            if state.status == source && state.task.is_empty() && !sent {
+                sent = true;
+                let result = self.call(job, vm, op.name(), |c| {
+                    c.server_action(&job.compute_url, &job.token, vm, op)
+                });
+                match result {
+                    Ok(()) => self.step(job, vm, op.name(), "accepted")?,
+                    // Synnefo answers 400 when the server is not in a state the action
+                    // applies to; that may be because it just moved. Read it again.
+                    Err(Stop::Failed(msg)) if msg.starts_with("400 ") => {
+                        state = self.read(job, vm)?;
+                        self.step(job, vm, "status", &state.to_string())?;
+                        if state.status == source && state.task.is_empty() {
+                            return Err(Stop::Failed(msg));
                         }
-                        Err(other) => return Err(other),
+                        continue;
                     }
-                    sent = true;
-                    continue;
+                    Err(other) => return Err(other),
                 }
-                _ => {}
             }
             if Instant::now() >= deadline {
                 let msg = format!(
-                    "server {vm} did not become {target} within {} s (last status {status})",
+                    "server {vm} did not become {target} within {} s (last status {state})",
                     self.settings.vm_wait_timeout.as_secs()
                 );
                 self.step(job, vm, "wait", &msg)?;
                 return Err(Stop::Failed(msg));
             }
-            if self.shutdown.sleep(self.settings.poll_interval) {
+            if self.abandon.sleep(self.settings.poll_interval) {
                 return Err(Stop::Interrupted);
             }
             if !self.store.renew(job, self.settings.lease)? {
                 return Err(Stop::LostClaim);
             }
             polls += 1;
-            status = self.call(job, vm, "status", |c| {
-                c.server_status(&job.compute_url, &job.token, vm)
-            })?;
+            state = self.read(job, vm)?;
         }
+    }
+
+    fn read(&mut self, job: &Job, vm: &str) -> Result<ServerState, Stop> {
+        self.call(job, vm, "status", |c| {
+            c.server_status(&job.compute_url, &job.token, vm)
+        })
     }
 
     /// One ~okeanos call, retried on transient faults with exponential back-off and jitter.
@@ -343,7 +399,7 @@ impl Worker {
                         op,
                         &format!("{e}; retrying in {} ms", pause.as_millis()),
                     )?;
-                    if self.shutdown.sleep(pause) {
+                    if self.abandon.sleep(pause) {
                         return Err(Stop::Interrupted);
                     }
                     attempt += 1;

@@ -1,78 +1,7 @@
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::support::process::*;
 use crate::support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_lambda-api");
-
-/// A `lambda-api` command with no inherited LAMBDA_API_* variables, run in `dir`.
-fn command(dir: &Path, env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(BIN);
-    c.current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("LAMBDA_API_") {
-            c.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c
-}
-
-fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    command(dir, env).args(args).output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A `lambda-api serve` child process and the address it listens on.
-struct Served {
-    child: Child,
-    base: String,
-}
-
-impl Served {
-    fn start(dir: &Path, env: &[(&str, &str)]) -> Served {
-        let mut child = command(dir, env)
-            .arg("serve")
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(DEADLINE)
-            .expect("serve says where it listens");
-        Served { child, base }
-    }
-
-    fn kill9(&mut self) {
-        // Child::kill sends SIGKILL on Unix.
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn instances_add_list_remove() {

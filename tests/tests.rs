@@ -5,6 +5,10 @@ mod support;
 
 /// The action call: checks and their order, the state table, bodies and headers.
 mod action;
+/// Crashes, restarts, shutdown, concurrent writers and secrets at rest.
+mod durability;
+/// A misbehaving ~okeanos.
+mod faults;
 /// The real binary: the command line, configuration, and surviving SIGKILL.
 mod process;
 /// The read calls, action tracking, idempotency keys and metrics.

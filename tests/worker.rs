@@ -145,7 +145,7 @@ fn a_vm_that_never_arrives_fails_after_the_wait_timeout() {
     let status = h.wait_status(&id, "FAILED");
     assert_eq!(
         status["failure_message"],
-        "server 102 did not become ACTIVE within 1 s (last status STOPPED)"
+        "server 102 did not become ACTIVE within 1 s (last status STOPPED (task STARTING))"
     );
 }
 

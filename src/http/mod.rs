@@ -8,7 +8,6 @@ pub mod routes;
 
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use log::{error, info};
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::store::{self, Store, StoreError};
+use crate::store::{Database, Store, StoreError};
 use reply::{ApiError, Reply};
 use routes::{BodySource, Head};
 
@@ -54,7 +53,7 @@ impl HttpServer {
     pub fn start(
         listen: &str,
         threads: usize,
-        database: &Path,
+        database: &Database,
         app: Arc<App>,
         shutdown: Arc<Shutdown>,
     ) -> Result<HttpServer, StartError> {
@@ -67,7 +66,7 @@ impl HttpServer {
         let server = Arc::new(server);
         let mut handles = Vec::with_capacity(threads);
         for n in 0..threads {
-            let mut store = store::open(database)?;
+            let mut store = database.open()?;
             let (server, app, shutdown) = (server.clone(), app.clone(), shutdown.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("http-{n}"))
@@ -81,6 +80,10 @@ impl HttpServer {
                                 shutdown.sleep(ACCEPT_TICK);
                             }
                         }
+                    }
+                    // Requests already read when shutdown came are answered, not dropped.
+                    while let Ok(Some(request)) = server.try_recv() {
+                        serve_one(&app, &mut store, request);
                     }
                 })
                 .map_err(StoreError::from)?;

@@ -3,12 +3,14 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::time::{Duration, Instant};
 
 use lambda_api::config::Config;
 use lambda_api::model::Status;
 use lambda_api::sim::{demo_fixture, Faults, Sim, SimConfig};
-use lambda_api::{store, Service};
+use lambda_api::Service;
 use serde_json::Value;
 
 pub const TOKEN: &str = "demo-token-tJ3b3f32f23ceuqdoS";
@@ -40,6 +42,8 @@ pub fn test_config(dir: &std::path::Path, sim: &Sim) -> Config {
         poll_interval_ms: 10,
         retry_base_ms: 10,
         okeanos_timeout_secs: 5,
+        // Tests stop services with actions in flight; handing them back at once is the point.
+        shutdown_grace_secs: 0,
         ..Config::default()
     }
 }
@@ -95,7 +99,9 @@ impl Harness {
 
     pub fn add_instance_for(&self, owner: &str, status: Status) -> String {
         let slaves: Vec<String> = SLAVES.iter().map(|s| s.to_string()).collect();
-        store::open(&self.config.database)
+        self.config
+            .db()
+            .open()
             .unwrap()
             .add_instance("demo", owner, MASTER, &slaves, status)
             .unwrap()

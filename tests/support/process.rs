@@ -1,0 +1,99 @@
+//! The `lambda-api` binary as a child process: commands, and `serve` with its address.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+
+use super::DEADLINE;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_lambda-api");
+
+/// A `lambda-api` command with no inherited LAMBDA_API_* variables, run in `dir`.
+pub fn command(dir: &Path, env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(BIN);
+    c.current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LAMBDA_API_") {
+            c.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+pub fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    command(dir, env).args(args).output().unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A `lambda-api serve` child process and the address it listens on.
+pub struct Served {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Served {
+    pub fn start(dir: &Path, env: &[(&str, &str)]) -> Served {
+        let mut child = command(dir, env)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(DEADLINE)
+            .expect("serve says where it listens");
+        Served { child, base }
+    }
+
+    pub fn kill9(&mut self) {
+        // Child::kill sends SIGKILL on Unix.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    /// Sends a signal by name (TERM, INT) with kill(1), and waits for the exit status.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{signal} {pid}");
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "serve did not exit after SIG{signal}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
