@@ -170,7 +170,10 @@ fn serve(config: Config) -> Result<(), Error> {
             }
         })
         .map_err(|e| Error::System(format!("cannot start the signal thread: {e}")))?;
-    log::info!("listening on http://{}", service.local_addr());
+    match service.local_addr() {
+        Some(addr) => log::info!("listening on http://{addr}"),
+        None => log::info!("listening on {}", config.listen),
+    }
     service.wait();
     log::info!("stopped");
     Ok(())

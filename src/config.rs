@@ -30,6 +30,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "full: a 202 survives a power cut; normal: faster, survives a crash of the process only",
     ),
     ("http_threads", "8", "threads answering HTTP requests"),
+    (
+        "max_connections",
+        "512",
+        "open connections past which requests get a fast 503",
+    ),
     ("workers", "4", "threads running actions against ~okeanos"),
     (
         "queue_capacity",
@@ -91,6 +96,7 @@ pub struct Config {
     pub database: PathBuf,
     pub synchronous: Synchronous,
     pub http_threads: usize,
+    pub max_connections: usize,
     pub workers: usize,
     pub queue_capacity: usize,
     pub astakos_url: String,
@@ -112,6 +118,7 @@ impl Default for Config {
             database: PathBuf::from("lambda-api.db"),
             synchronous: Synchronous::Full,
             http_threads: 8,
+            max_connections: 512,
             workers: 4,
             queue_capacity: 1024,
             astakos_url: "https://accounts.okeanos.grnet.gr/identity/v2.0".into(),
@@ -268,14 +275,20 @@ impl Config {
     fn set(&mut self, origin: &str, key: &str, raw: Raw) -> Result<(), ConfigError> {
         let result = match key {
             "listen" => raw.string().and_then(|s| {
-                s.parse::<std::net::SocketAddr>()
-                    .map(|_| self.listen = s.clone())
-                    .map_err(|_| {
-                        format!(
-                            "expected an IP address and port such as 127.0.0.1:8080, got {}",
-                            raw.shown()
-                        )
-                    })
+                let ok = match s.strip_prefix("unix:") {
+                    Some(path) => !path.is_empty(),
+                    None => s.parse::<std::net::SocketAddr>().is_ok(),
+                };
+                if ok {
+                    self.listen = s;
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "expected an IP address and port such as 127.0.0.1:8080, \
+                         or unix:/path/to/socket, got {}",
+                        raw.shown()
+                    ))
+                }
             }),
             "database" => raw.string().and_then(|s| {
                 if s.is_empty() {
@@ -299,6 +312,9 @@ impl Config {
                 Ok(())
             }),
             "http_threads" => raw.int(1, 1024).map(|n| self.http_threads = n as usize),
+            "max_connections" => raw
+                .int(1, 1 << 20)
+                .map(|n| self.max_connections = n as usize),
             "workers" => raw.int(1, 256).map(|n| self.workers = n as usize),
             "queue_capacity" => raw
                 .int(1, 1 << 20)
@@ -362,6 +378,7 @@ impl fmt::Display for Config {
         writeln!(f, "database = {:?}", self.database.display().to_string())?;
         writeln!(f, "synchronous = {:?}", self.synchronous.name())?;
         writeln!(f, "http_threads = {}", self.http_threads)?;
+        writeln!(f, "max_connections = {}", self.max_connections)?;
         writeln!(f, "workers = {}", self.workers)?;
         writeln!(f, "queue_capacity = {}", self.queue_capacity)?;
         writeln!(f, "astakos_url = {:?}", self.astakos_url)?;
@@ -470,6 +487,7 @@ mod tests {
             "key `max_attempts`",
         );
         check_err("listen = \"nowhere\"\n", &[], "key `listen`");
+        check_err("listen = \"unix:\"\n", &[], "key `listen`");
         check_err("astakos_url = \"ftp://x\"\n", &[], "key `astakos_url`");
         check_err("database = 3\n", &[], "key `database`: expected a string");
         check_err("synchronous = \"off\"\n", &[], "key `synchronous`");

@@ -60,6 +60,8 @@ impl Service {
             shutdown.clone(),
         )?;
         let app = Arc::new(App {
+            max_connections: config.max_connections,
+            connections: http::Connections::default(),
             auth: Authenticator::new(
                 client,
                 &config.astakos_url,
@@ -93,8 +95,9 @@ impl Service {
         })
     }
 
-    /// The address the HTTP API listens on (the real port when configured with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The TCP address the HTTP API listens on (the real port when configured with port 0),
+    /// or None when it listens on a Unix socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.http.local_addr()
     }
 

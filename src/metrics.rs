@@ -57,6 +57,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     request_seconds: Mutex<BTreeMap<&'static str, Histogram>>,
     token_hits: AtomicU64,
+    abandoned: AtomicU64,
     token_misses: AtomicU64,
     actions_finished: Mutex<BTreeMap<&'static str, u64>>,
     okeanos_calls: Mutex<BTreeMap<(&'static str, String), u64>>,
@@ -91,6 +92,11 @@ impl Metrics {
             .entry(route)
             .or_default()
             .observe(took);
+    }
+
+    /// A connection abandoned because its declared body could not be drained safely.
+    pub fn abandoned_connection(&self) {
+        self.abandoned.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn token_check(&self, cached: bool) {
@@ -163,6 +169,13 @@ impl Metrics {
             out,
             "lambda_token_cache_total{{result=\"miss\"}} {}",
             self.token_misses.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP lambda_http_abandoned_connections_total Connections left unanswered: their declared body was too large to drain.\n");
+        out.push_str("# TYPE lambda_http_abandoned_connections_total counter\n");
+        let _ = writeln!(
+            out,
+            "lambda_http_abandoned_connections_total {}",
+            self.abandoned.load(Ordering::Relaxed)
         );
         out.push_str("# HELP lambda_actions Actions not yet finished, by state.\n");
         out.push_str("# TYPE lambda_actions gauge\n");

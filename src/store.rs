@@ -368,7 +368,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT id, name, owner, status, failure_message, created_at
-                 FROM lambda_instances ORDER BY created_at, id",
+                 FROM lambda_instances ORDER BY created_at, rowid",
             )?
             .query_map([], |r| {
                 Ok((
@@ -399,7 +399,7 @@ impl Store {
             .prepare_cached(
                 "SELECT id, name, status, failure_message FROM lambda_instances
                  WHERE owner = ?1 AND status <> 'DESTROYED'
-                 ORDER BY created_at, id LIMIT ?2 OFFSET ?3",
+                 ORDER BY created_at, rowid LIMIT ?2 OFFSET ?3",
             )?
             .query_map(params![owner, limit, offset as i64], |r| {
                 Ok(Summary {
@@ -532,7 +532,7 @@ impl Store {
                 "SELECT id, instance_id, action, state, attempts, error, created_at, started_at,
                         finished_at
                  FROM actions WHERE instance_id = ?1
-                 ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3",
+                 ORDER BY created_at DESC, rowid DESC LIMIT ?2 OFFSET ?3",
             )?
             .query_map(
                 params![instance_id, limit as i64, offset as i64],
@@ -694,7 +694,7 @@ impl Store {
             .prepare_cached(
                 "SELECT id FROM actions
                  WHERE state = 'queued' OR (state = 'running' AND lease_until < ?1)
-                 ORDER BY created_at, id LIMIT 1",
+                 ORDER BY created_at, rowid LIMIT 1",
             )?
             .query_row(params![now], |r| r.get(0))
             .optional()?;

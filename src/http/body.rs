@@ -9,6 +9,38 @@ use super::reply::ApiError;
 const SUPPORTED: &str = "Send the action as application/x-www-form-urlencoded, \
                          multipart/form-data or application/json.";
 
+/// Checks, before a byte of the body is read, that its declared type is one the call reads:
+/// 415 for another type (or for a body declared without a type), 400 for a multipart type
+/// without a usable boundary.
+pub fn check_type(content_type: Option<&str>, declares_body: bool) -> Result<(), ApiError> {
+    let Some(content_type) = content_type else {
+        return if declares_body {
+            Err(ApiError::UnsupportedMediaType(format!(
+                "The request body has no Content-Type. {SUPPORTED}"
+            )))
+        } else {
+            Ok(())
+        };
+    };
+    let (media, params) = split_content_type(content_type);
+    match media.as_str() {
+        "application/x-www-form-urlencoded" | "application/json" => Ok(()),
+        "multipart/form-data" => boundary(&params).map(|_| ()),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {other:?} is not supported. {SUPPORTED}"
+        ))),
+    }
+}
+
+fn boundary(params: &[(String, String)]) -> Result<&str, ApiError> {
+    params
+        .iter()
+        .find(|(k, _)| k == "boundary")
+        .map(|(_, v)| v.as_str())
+        .filter(|b| !b.is_empty() && b.len() <= 70)
+        .ok_or_else(|| malformed("multipart/form-data without a valid boundary parameter"))
+}
+
 /// The `action` field, `None` when the body has none. A body that cannot be parsed as the
 /// type it claims is a 400; a type the call does not read is a 415.
 pub fn action_field(content_type: Option<&str>, body: &[u8]) -> Result<Option<String>, ApiError> {
@@ -26,17 +58,7 @@ pub fn action_field(content_type: Option<&str>, body: &[u8]) -> Result<Option<St
         "application/x-www-form-urlencoded" => Ok(form_urlencoded::parse(body)
             .find(|(k, _)| k == "action")
             .map(|(_, v)| v.into_owned())),
-        "multipart/form-data" => {
-            let boundary = params
-                .iter()
-                .find(|(k, _)| k == "boundary")
-                .map(|(_, v)| v.as_str())
-                .filter(|b| !b.is_empty() && b.len() <= 70)
-                .ok_or_else(|| {
-                    malformed("multipart/form-data without a valid boundary parameter")
-                })?;
-            multipart_field(body, boundary, "action")
-        }
+        "multipart/form-data" => multipart_field(body, boundary(&params)?, "action"),
         "application/json" => {
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Ok(None);
@@ -249,6 +271,24 @@ mod tests {
             Some("application/json; charset=utf-8"),
             r#"{"action":"stop"}"#,
             Ok(Some("stop")),
+        );
+    }
+
+    #[test]
+    fn types_are_checked_before_reading() {
+        assert!(check_type(Some(CURL_TYPE), true).is_ok());
+        assert!(check_type(Some("application/json; charset=utf-8"), true).is_ok());
+        assert!(check_type(None, false).is_ok());
+        assert_eq!(check_type(None, true).unwrap_err().status(), 415);
+        assert_eq!(
+            check_type(Some("text/plain"), false).unwrap_err().status(),
+            415
+        );
+        assert_eq!(
+            check_type(Some("multipart/form-data"), true)
+                .unwrap_err()
+                .status(),
+            400
         );
     }
 

@@ -8,6 +8,7 @@ pub mod routes;
 
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,9 +26,21 @@ use routes::{BodySource, Head};
 /// How often a handler thread looks at the shutdown flag while no request comes.
 const ACCEPT_TICK: Duration = Duration::from_millis(200);
 
+/// tiny_http reads bodies up to this size (without `Expect: 100-continue`) before handing the
+/// request over; larger ones stay on the socket.
+const BUFFERED_BY_TINY_HTTP: u64 = 1024;
+/// When a request is dropped with its body unread, tiny_http allocates the whole remainder at
+/// once and reads it. Up to this many bytes, that is done on a drainer thread.
+const MAX_DRAIN: u64 = 16 << 20;
+/// Drainer threads at once; past that, the handler drains itself.
+const MAX_DRAINERS: usize = 64;
+
 /// What every handler thread shares.
 pub struct App {
     pub auth: Authenticator,
+    /// Open connections past which a request gets a fast 503.
+    pub max_connections: usize,
+    pub connections: Connections,
     pub wakeups: Sender<String>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
@@ -35,17 +48,105 @@ pub struct App {
     pub listen: String,
 }
 
-impl BodySource for tiny_http::Request {
+/// A request's body, remembering whether the handler started reading it.
+struct Body<'a> {
+    request: &'a mut tiny_http::Request,
+    touched: bool,
+}
+
+impl BodySource for Body<'_> {
     fn reader(&mut self) -> &mut dyn std::io::Read {
-        self.as_reader()
+        self.touched = true;
+        self.request.as_reader()
     }
+}
+
+/// Drainer threads running now.
+static DRAINERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Open connections, estimated. tiny_http 0.12 runs one thread per connection but its
+/// `num_connections()` is unimplemented (it panics), so the estimate is the process's thread
+/// count above what it was when the server started, read from /proc at most every 100 ms.
+pub struct Connections {
+    baseline: AtomicUsize,
+    sample: std::sync::Mutex<Option<(Instant, usize)>>,
+}
+
+impl Connections {
+    /// Takes the baseline: called once every thread of the service runs.
+    fn set_baseline(&self) {
+        self.baseline
+            .store(process_threads().unwrap_or(0), Ordering::SeqCst);
+    }
+
+    pub fn open(&self) -> usize {
+        let mut sample = self.sample.lock().unwrap_or_else(|e| e.into_inner());
+        match *sample {
+            Some((at, n)) if at.elapsed() < Duration::from_millis(100) => n,
+            _ => {
+                let baseline = self.baseline.load(Ordering::SeqCst);
+                let n = process_threads()
+                    .unwrap_or(baseline)
+                    .saturating_sub(baseline);
+                *sample = Some((Instant::now(), n));
+                n
+            }
+        }
+    }
+}
+
+impl Default for Connections {
+    fn default() -> Connections {
+        Connections {
+            baseline: AtomicUsize::new(usize::MAX),
+            sample: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// The `Threads:` line of /proc/self/status.
+fn process_threads() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// The running HTTP server.
 pub struct HttpServer {
     server: Arc<tiny_http::Server>,
     threads: Vec<JoinHandle<()>>,
-    addr: SocketAddr,
+    /// The TCP address, or None on a Unix socket.
+    addr: Option<SocketAddr>,
+}
+
+/// Binds `host:port`, or `unix:/path` (a stale socket file is replaced; the new one is made
+/// mode 0660, for a front such as nginx in the same group).
+fn bind(listen: &str) -> Result<tiny_http::Server, String> {
+    let Some(path) = listen.strip_prefix("unix:") else {
+        return tiny_http::Server::http(listen).map_err(|e| e.to_string());
+    };
+    let path = std::path::Path::new(path);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(format!("{} exists and is not a socket", path.display()));
+            }
+            std::fs::remove_file(path).map_err(|e| e.to_string())?;
+        }
+        let server = tiny_http::Server::http_unix(path).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| e.to_string())?;
+        Ok(server)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Err("Unix sockets are not available here".into())
+    }
 }
 
 impl HttpServer {
@@ -57,12 +158,8 @@ impl HttpServer {
         app: Arc<App>,
         shutdown: Arc<Shutdown>,
     ) -> Result<HttpServer, StartError> {
-        let server = tiny_http::Server::http(listen)
-            .map_err(|e| StartError::Bind(listen.to_string(), e.to_string()))?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| StartError::Bind(listen.to_string(), "not an IP address".into()))?;
+        let server = bind(listen).map_err(|e| StartError::Bind(listen.to_string(), e))?;
+        let addr = server.server_addr().to_ip();
         let server = Arc::new(server);
         let mut handles = Vec::with_capacity(threads);
         for n in 0..threads {
@@ -89,6 +186,7 @@ impl HttpServer {
                 .map_err(StoreError::from)?;
             handles.push(handle);
         }
+        app.connections.set_baseline();
         Ok(HttpServer {
             server,
             threads: handles,
@@ -96,7 +194,7 @@ impl HttpServer {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.addr
     }
 
@@ -163,19 +261,28 @@ fn serve_one(app: &App, store: &mut Store, mut request: tiny_http::Request) {
         .collect();
     let head = Head::new(request.method().as_str(), request.url(), headers);
     let id = request_id(&head);
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        routes::handle(app, store, &head, &mut request)
-    }));
-    let (reply, route, user) = match outcome {
-        Ok(h) => (h.reply, h.route, h.user),
-        Err(_) => {
-            error!(
-                "request {id}: {} {}: handler panicked",
-                head.method, head.path
-            );
-            (ApiError::Internal.reply(), "unknown", None)
+    let mut body = Body {
+        request: &mut request,
+        touched: false,
+    };
+    let (reply, route, user) = if app.connections.open() > app.max_connections {
+        let e = ApiError::Unavailable("Too many connections; try again later.".into());
+        (e.reply(), "overload", None)
+    } else {
+        match catch_unwind(AssertUnwindSafe(|| {
+            routes::handle(app, store, &head, &mut body)
+        })) {
+            Ok(h) => (h.reply, h.route, h.user),
+            Err(_) => {
+                error!(
+                    "request {id}: {} {}: handler panicked",
+                    head.method, head.path
+                );
+                (ApiError::Internal.reply(), "unknown", None)
+            }
         }
     };
+    let touched = body.touched;
     let status = reply.status;
     app.metrics.request(route, status, started.elapsed());
     info!(
@@ -188,8 +295,72 @@ fn serve_one(app: &App, store: &mut Store, mut request: tiny_http::Request) {
         route,
         user.as_deref().unwrap_or("-")
     );
-    if let Err(e) = request.respond(into_response(reply.with_header("X-Request-Id", id))) {
-        log::debug!("writing a response: {e}");
+    let response = into_response(reply.with_header("X-Request-Id", id));
+    match unread_body(&head, touched) {
+        0 => respond(request, response),
+        n if n <= MAX_DRAIN => {
+            // Dropping the request drains the body: off this thread, so that a client that
+            // declares a body and never sends it holds a drainer, not a handler.
+            if DRAINERS.fetch_add(1, Ordering::SeqCst) < MAX_DRAINERS {
+                let spawned = std::thread::Builder::new()
+                    .name("drain".into())
+                    .spawn(move || {
+                        respond(request, response);
+                        DRAINERS.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if let Err(e) = spawned {
+                    DRAINERS.fetch_sub(1, Ordering::SeqCst);
+                    error!("starting a drainer: {e}");
+                }
+            } else {
+                DRAINERS.fetch_sub(1, Ordering::SeqCst);
+                respond(request, response);
+            }
+        }
+        n => {
+            // tiny_http would allocate all n bytes at once to drain them (and abort the
+            // process when it cannot): the request is abandoned instead, unanswered. Its
+            // connection stays open until the client goes. The nginx front refuses such
+            // requests before they get here.
+            log::warn!(
+                "{} {}: abandoning a connection that declared a {n}-byte body",
+                head.method,
+                head.path
+            );
+            app.metrics.abandoned_connection();
+            drop(response);
+            std::mem::forget(request);
+        }
+    }
+}
+
+/// How many declared body bytes are still on the socket: those of a body tiny_http did not
+/// buffer and the handler did not read.
+fn unread_body(head: &Head, touched: bool) -> u64 {
+    if touched || head.header("transfer-encoding").is_some() {
+        return 0;
+    }
+    let declared = head
+        .header("content-length")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let expects_continue = head
+        .header("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if declared > BUFFERED_BY_TINY_HTTP || (expects_continue && declared > 0) {
+        declared
+    } else {
+        0
+    }
+}
+
+/// Writes a response; a panic while tiny_http drains what is left of the request (it panics
+/// on a length it cannot even allocate) is contained.
+fn respond(request: tiny_http::Request, response: tiny_http::Response<std::io::Cursor<Vec<u8>>>) {
+    match catch_unwind(AssertUnwindSafe(|| request.respond(response))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::debug!("writing a response: {e}"),
+        Err(_) => error!("writing a response: tiny_http panicked while draining a body"),
     }
 }
 

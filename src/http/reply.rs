@@ -54,13 +54,15 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     /// 409: the state table refuses the action.
     Conflict(String),
+    /// 411: a typed body with neither a Content-Length nor chunked encoding.
+    LengthRequired,
     /// 413: the body is larger than `max_body_bytes`.
     PayloadTooLarge(usize),
     /// 415: a body of a type the action call does not read.
     UnsupportedMediaType(String),
     /// 422: an `Idempotency-Key` reused for a different request.
     Unprocessable(String),
-    /// 503: identity or the database cannot answer now; try again after the given seconds.
+    /// 503: identity or the database cannot answer now, or too many connections are open.
     Unavailable(String),
     /// 500: a bug (a handler panicked). Never chosen on purpose.
     Internal,
@@ -74,6 +76,7 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::Conflict(_) => 409,
+            ApiError::LengthRequired => 411,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Unprocessable(_) => 422,
@@ -92,6 +95,10 @@ impl ApiError {
                 "method_not_allowed",
             ),
             ApiError::Conflict(m) => (m.clone(), "conflict"),
+            ApiError::LengthRequired => (
+                "A request body needs a Content-Length (or chunked encoding).".into(),
+                "length_required",
+            ),
             ApiError::PayloadTooLarge(max) => (
                 format!("The request body is larger than {max} bytes."),
                 "payload_too_large",

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use sha2::{Digest, Sha256};
 
-use super::body::action_field;
+use super::body::{action_field, check_type};
 use super::reply::{ApiError, Reply};
 use super::App;
 use crate::auth::{token_from_headers, User};
@@ -410,7 +410,8 @@ fn action_call(
     let user = &caller.user;
     let key = idempotency_key(head)?;
     owned(store, id, user)?;
-    let bytes = read_body(head, body, app.max_body_bytes)?;
+    check_body_head(head, app.max_body_bytes)?;
+    let bytes = read_body(body, app.max_body_bytes)?;
     let action = action_field(head.header("content-type"), &bytes)?
         .as_deref()
         .and_then(ActionKind::parse)
@@ -503,18 +504,32 @@ fn decide(
     Ok(reply.with_header("Retry-After", app.metrics.retry_after(age).to_string()))
 }
 
-/// Reads the body through a reader capped at `max` bytes: a declared length over the cap is
-/// refused before a byte is read, and a chunked body is cut off one byte past it.
-fn read_body(head: &Head, body: &mut dyn BodySource, max: usize) -> Result<Vec<u8>, ApiError> {
-    if let Some(length) = head.header("content-length") {
-        let length: u64 = length
-            .trim()
-            .parse()
-            .map_err(|_| ApiError::BadRequest("Content-Length is not a number.".into()))?;
-        if length > max as u64 {
-            return Err(ApiError::PayloadTooLarge(max));
-        }
+/// Checks the body's head (type, then length) before anything is read: 415 for a type the
+/// call does not read, 400 for a length that is not a number, 413 for one over the cap, 411
+/// for a typed body with neither a length nor chunked encoding.
+fn check_body_head(head: &Head, max: usize) -> Result<(), ApiError> {
+    // tiny_http decodes any Transfer-Encoding as chunked and then ignores Content-Length.
+    let chunked = head.header("transfer-encoding").is_some();
+    let length = match head.header("content-length").filter(|_| !chunked) {
+        None => None,
+        Some(v) => Some(
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::BadRequest("Content-Length is not a number.".into()))?,
+        ),
+    };
+    let content_type = head.header("content-type");
+    check_type(content_type, chunked || length.unwrap_or(0) > 0)?;
+    match length {
+        Some(n) if n > max as u64 => Err(ApiError::PayloadTooLarge(max)),
+        None if !chunked && content_type.is_some() => Err(ApiError::LengthRequired),
+        _ => Ok(()),
     }
+}
+
+/// Reads the body, once its head has been checked, through a reader capped one byte past
+/// `max` (a chunked body declares no length).
+fn read_body(body: &mut dyn BodySource, max: usize) -> Result<Vec<u8>, ApiError> {
     let mut bytes = Vec::new();
     body.reader()
         .take(max as u64 + 1)

@@ -72,7 +72,7 @@ impl Harness {
         let mut config = test_config(dir.path(), &sim);
         tune(&mut config);
         let service = Service::start(&config).expect("service starts");
-        let base = format!("http://{}", service.local_addr());
+        let base = format!("http://{}", service.local_addr().unwrap());
         Harness {
             sim,
             service: Some(service),
@@ -88,7 +88,7 @@ impl Harness {
             s.stop();
         }
         let service = Service::start(&self.config).expect("service restarts");
-        self.base = format!("http://{}", service.local_addr());
+        self.base = format!("http://{}", service.local_addr().unwrap());
         self.service = Some(service);
     }
 
