@@ -12,7 +12,8 @@ RELEASE   := target/release
 DEMO_USER   := 1e9b2a3c-5d4f-4e6a-8b7c-9d0e1f2a3b4c
 DEMO_TOKEN  := demo-token-tJ3b3f32f23ceuqdoS
 
-.PHONY: help build release run smoke test lint unit smoke-demo clean
+.PHONY: help build release run run-proxied cert nginx smoke test test-hostile lint unit smoke-demo clean
+PROXY     ?= 127.0.0.1:8443
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -43,6 +44,27 @@ run: release ## run the simulator and the service on loopback with a fresh demo 
 	 $(RELEASE)/lambda-api serve --config config/lambda-api.toml & \
 	 echo $$! > $(RUN_DIR)/lambda-api.pid; wait $$!
 
+cert: ## a self-signed TLS pair for trying the nginx front ($(RUN_DIR)/tls)
+	@mkdir -p $(RUN_DIR)/tls
+	@test -f $(RUN_DIR)/tls/lambda-api.crt || { openssl req -x509 -newkey rsa:2048 -nodes -days 30 \
+		-subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+		-keyout $(RUN_DIR)/tls/lambda-api.key -out $(RUN_DIR)/tls/lambda-api.crt 2>/dev/null \
+		&& echo "made $(RUN_DIR)/tls/lambda-api.crt"; }
+
+nginx: ## install nginx and openssl from the distribution's packages if missing
+	@PATH=$$PATH:/usr/sbin; command -v nginx > /dev/null && command -v openssl > /dev/null || \
+	 { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx openssl > /dev/null; }
+
+run-proxied: nginx cert release ## `make run` behind nginx: TLS on https://$(PROXY)
+	@mkdir -p $(RUN_DIR)/tmp
+	@bash .ci/nginx-conf $(abspath $(RUN_DIR)) $(PROXY) $(LISTEN) > $(RUN_DIR)/nginx.conf
+	@PATH=$$PATH:/usr/sbin; nginx -p $(abspath $(RUN_DIR)) -c $(abspath $(RUN_DIR))/nginx.conf \
+		-g 'daemon off;' &
+	@echo "nginx on https://$(PROXY) -> lambda-api on http://$(LISTEN)"
+	@echo "  try: curl --cacert $(RUN_DIR)/tls/lambda-api.crt https://$(PROXY)/healthz"
+	@# nginx writes $(RUN_DIR)/nginx.pid itself (the pid line of the rendered config).
+	@trap 'kill $$(cat $(RUN_DIR)/nginx.pid) 2>/dev/null' EXIT INT TERM; $(MAKE) --no-print-directory run
+
 smoke: ## drive a running `make run` with curl: 401, 404, 400, start → STARTED, stop → STOPPED
 	@bash .ci/smoke "http://$(LISTEN)" "$$(cat $(RUN_DIR)/instance-id)" "$(DEMO_TOKEN)"
 
@@ -51,12 +73,15 @@ lint: ## formatting and clippy, warnings as errors
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 unit: ## unit and integration tests
-	$(CARGO) test --locked
+	$(CARGO) test --locked --lib --bins --test tests
+
+test-hostile: nginx ## hostile clients against the service and through nginx (installs nginx)
+	PATH=$$PATH:/usr/sbin $(CARGO) test --locked --test hostile -- --test-threads 1
 
 smoke-demo: release ## `make run` in the background on other ports, then `make smoke` against it
 	@bash .ci/smoke-demo
 
-test: lint unit smoke-demo ## everything CI runs
+test: lint unit test-hostile smoke-demo ## everything CI runs
 
 clean: ## remove build output and the demo's files
 	$(CARGO) clean

@@ -9,6 +9,8 @@ mod action;
 mod durability;
 /// A misbehaving ~okeanos.
 mod faults;
+/// Mutated requests from a fixed seed.
+mod fuzz;
 /// The real binary: the command line, configuration, and surviving SIGKILL.
 mod process;
 /// The read calls, action tracking, idempotency keys and metrics.
