@@ -12,7 +12,7 @@ RELEASE   := target/release
 DEMO_USER   := 1e9b2a3c-5d4f-4e6a-8b7c-9d0e1f2a3b4c
 DEMO_TOKEN  := demo-token-tJ3b3f32f23ceuqdoS
 
-.PHONY: help build release run run-proxied cert nginx smoke test test-hostile lint unit smoke-demo clean
+.PHONY: bench wrk help build release run run-proxied cert nginx smoke test test-hostile lint unit smoke-demo clean
 PROXY     ?= 127.0.0.1:8443
 
 help: ## list the targets
@@ -82,6 +82,13 @@ smoke-demo: release ## `make run` in the background on other ports, then `make s
 	@bash .ci/smoke-demo
 
 test: lint unit test-hostile smoke-demo ## everything CI runs
+
+wrk: ## install wrk from the distribution's packages if missing
+	@command -v wrk > /dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk > /dev/null; }
+
+bench: wrk release ## measure speed and footprint against ceilings of the same run (never in `make test`)
+	@mkdir -p target/bench
+	$(RELEASE)/lambda-bench
 
 clean: ## remove build output and the demo's files
 	$(CARGO) clean

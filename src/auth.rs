@@ -3,7 +3,7 @@
 //! key, nor logged).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -61,13 +61,15 @@ struct Verdict {
     expires: Instant,
 }
 
-/// Checks tokens against identity, with a bounded in-memory cache of verdicts.
+/// Checks tokens against identity, with a bounded in-memory cache of verdicts. Nearly every
+/// check is a cache hit, so the cache is read-locked: hits never wait for each other. A
+/// poisoned lock is still used: every write is a single insert or retain.
 pub struct Authenticator {
     client: Client,
     astakos_url: String,
     compute_override: Option<String>,
     valid_ttl: Duration,
-    cache: Mutex<HashMap<Key, Verdict>>,
+    cache: RwLock<HashMap<Key, Verdict>>,
 }
 
 /// The outcome of a token check, with whether the cache answered (for metrics).
@@ -88,7 +90,7 @@ impl Authenticator {
             astakos_url: astakos_url.to_string(),
             compute_override: (!compute_url.is_empty()).then(|| compute_url.to_string()),
             valid_ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: RwLock::new(HashMap::new()),
         }
     }
 
@@ -103,7 +105,12 @@ impl Authenticator {
         }
         let key: Key = Sha256::digest(token.as_bytes()).into();
         let now = Instant::now();
-        if let Some(v) = self.lock().get(&key) {
+        if let Some(v) = self
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             if v.expires > now {
                 return Checked {
                     result: v.user.clone().ok_or(AuthError::Rejected),
@@ -140,7 +147,7 @@ impl Authenticator {
             Err(AuthError::Unavailable(_)) => None,
         };
         if let Some(verdict) = verdict {
-            let mut cache = self.lock();
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
             if cache.len() >= MAX_ENTRIES {
                 cache.retain(|_, v| v.expires > now);
             }
@@ -155,12 +162,6 @@ impl Authenticator {
             result,
             cached: false,
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Verdict>> {
-        // A panic while holding the lock leaves the map consistent (every write is a single
-        // insert or retain), so a poisoned lock is still usable.
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

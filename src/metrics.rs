@@ -51,11 +51,17 @@ impl Histogram {
     }
 }
 
+#[derive(Default)]
+struct RouteStats {
+    statuses: BTreeMap<u16, u64>,
+    seconds: Histogram,
+}
+
 /// Everything the service counts. One instance, shared by every thread.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
-    request_seconds: Mutex<BTreeMap<&'static str, Histogram>>,
+    /// Per route template: answers by status, and their latency. One lock per request.
+    routes: Mutex<BTreeMap<&'static str, RouteStats>>,
     token_hits: AtomicU64,
     abandoned: AtomicU64,
     token_misses: AtomicU64,
@@ -87,11 +93,10 @@ pub struct Gauges {
 impl Metrics {
     /// A request answered: `route` is the path template, never the path itself.
     pub fn request(&self, route: &'static str, status: u16, took: Duration) {
-        *lock(&self.requests).entry((route, status)).or_default() += 1;
-        lock(&self.request_seconds)
-            .entry(route)
-            .or_default()
-            .observe(took);
+        let mut routes = lock(&self.routes);
+        let stats = routes.entry(route).or_default();
+        *stats.statuses.entry(status).or_default() += 1;
+        stats.seconds.observe(took);
     }
 
     /// A connection abandoned because its declared body could not be drained safely.
@@ -143,21 +148,24 @@ impl Metrics {
         let mut out = String::with_capacity(8192);
         out.push_str("# HELP lambda_http_requests_total HTTP requests answered, by route template and status.\n");
         out.push_str("# TYPE lambda_http_requests_total counter\n");
-        for ((route, status), n) in lock(&self.requests).iter() {
-            let _ = writeln!(
-                out,
-                "lambda_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
+        let routes = lock(&self.routes);
+        for (route, stats) in routes.iter() {
+            for (status, n) in &stats.statuses {
+                let _ = writeln!(
+                    out,
+                    "lambda_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
+            }
         }
         out.push_str("# HELP lambda_http_request_duration_seconds Time to answer a request.\n");
         out.push_str("# TYPE lambda_http_request_duration_seconds histogram\n");
-        for (route, h) in lock(&self.request_seconds).iter() {
-            h.write(
-                &mut out,
-                "lambda_http_request_duration_seconds",
-                &format!("route=\"{route}\""),
-            );
+        for (route, stats) in routes.iter() {
+            let labels = format!("route=\"{route}\"");
+            stats
+                .seconds
+                .write(&mut out, "lambda_http_request_duration_seconds", &labels);
         }
+        drop(routes);
         out.push_str("# HELP lambda_token_cache_total Token checks, answered by the cache (hit) or by identity (miss).\n");
         out.push_str("# TYPE lambda_token_cache_total counter\n");
         let _ = writeln!(

@@ -4,8 +4,10 @@
 //! transactions, so that a writer waits for the lock under `busy_timeout` instead of failing
 //! when it upgrades a read lock.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -129,6 +131,49 @@ pub enum Requested {
 /// One connection to the database.
 pub struct Store {
     conn: Connection,
+    /// Taken by every write of this process to this database, before `BEGIN IMMEDIATE`.
+    writer: &'static Mutex<()>,
+}
+
+/// A write transaction and the process's write lock for its database. Writers queue on the
+/// lock and wake as soon as it is free, where SQLite's busy handler would make them sleep
+/// and poll (1, 2, 5 ... 100 ms): that showed as a p99 near a second under 32 writers.
+/// Another process still meets `busy_timeout`.
+struct Writing<'c> {
+    // Dropped first: an uncommitted transaction rolls back before the lock is released.
+    tx: rusqlite::Transaction<'c>,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl<'c> std::ops::Deref for Writing<'c> {
+    type Target = rusqlite::Transaction<'c>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl Writing<'_> {
+    fn commit(self) -> Result<()> {
+        let Writing { tx, _lock } = self;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// The write lock of the database at `path` (one per file for the whole process; an
+/// in-memory database gets its own).
+fn writer_for(path: Option<&Path>) -> &'static Mutex<()> {
+    static WRITERS: OnceLock<Mutex<HashMap<PathBuf, &'static Mutex<()>>>> = OnceLock::new();
+    let Some(path) = path else {
+        return Box::leak(Box::new(Mutex::new(())));
+    };
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut all = WRITERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    all.entry(key)
+        .or_insert_with(|| Box::leak(Box::new(Mutex::new(()))))
 }
 
 /// How hard a commit waits for the disk (SQLite's `synchronous`, in WAL mode).
@@ -153,7 +198,7 @@ impl Synchronous {
 /// Where the database is and how to open it: every connection of a process is opened alike.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Database {
-    pub path: std::path::PathBuf,
+    pub path: PathBuf,
     pub synchronous: Synchronous,
 }
 
@@ -173,7 +218,10 @@ pub fn open(path: &Path, synchronous: Synchronous) -> Result<Store> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Erased tokens are overwritten on disk, not merely unlinked from the b-tree.
     conn.pragma_update(None, "secure_delete", "ON")?;
-    let mut store = Store { conn };
+    let mut store = Store {
+        conn,
+        writer: writer_for(Some(path)),
+    };
     store.migrate()?;
     Ok(store)
 }
@@ -205,9 +253,57 @@ fn create_private(_: &Path) -> Result<()> {
 pub fn open_in_memory() -> Store {
     let conn = Connection::open_in_memory().unwrap();
     conn.pragma_update(None, "foreign_keys", "ON").unwrap();
-    let mut store = Store { conn };
+    let mut store = Store {
+        conn,
+        writer: writer_for(None),
+    };
     store.migrate().unwrap();
     store
+}
+
+/// The state table applied to what `conn` sees of an instance.
+enum Decided {
+    /// Nothing to write: not found, a conflict, or the action in flight.
+    Final(Requested),
+    /// A new action is due; `stale` is a live action to end first (edited by hand).
+    Create { stale: Option<String> },
+}
+
+fn decide(conn: &Connection, instance_id: &str, owner: &str, kind: ActionKind) -> Result<Decided> {
+    let status: Option<String> = conn
+        .prepare_cached(
+            "SELECT status FROM lambda_instances
+             WHERE id = ?1 AND owner = ?2 AND status <> 'DESTROYED'",
+        )?
+        .query_row(params![instance_id, owner], |r| r.get(0))
+        .optional()?;
+    let Some(status) = status else {
+        return Ok(Decided::Final(Requested::NotFound));
+    };
+    let status = status_of(status)?;
+    let live: Option<(String, String)> = conn
+        .prepare_cached(
+            "SELECT id, action FROM actions
+             WHERE instance_id = ?1 AND state IN ('queued', 'running')",
+        )?
+        .query_row(params![instance_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match verdict(status, kind, live.is_some()) {
+        Verdict::Conflict(message) => Decided::Final(Requested::Conflict(message)),
+        Verdict::Merge => Decided::Final(match live {
+            Some((id, action)) if action == kind.name() => Requested::Merged(id),
+            // The status says one thing and the action in flight another: only possible if
+            // the row was edited by hand. Refuse rather than guess.
+            _ => Requested::Conflict(format!(
+                "Can't {} a lambda instance while lambda instance status is {}.",
+                kind.name(),
+                status.name()
+            )),
+        }),
+        Verdict::Create => Decided::Create {
+            stale: live.map(|(id, _)| id),
+        },
+    })
 }
 
 fn action_from_row(r: &rusqlite::Row) -> rusqlite::Result<ActionRecord> {
@@ -242,10 +338,16 @@ fn bad_value(msg: String) -> rusqlite::Error {
 }
 
 impl Store {
-    fn migrate(&mut self) -> Result<()> {
+    fn begin_write(&mut self) -> Result<Writing<'_>> {
+        let lock = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Ok(Writing { tx, _lock: lock })
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let tx = self.begin_write()?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError(format!(
@@ -277,33 +379,48 @@ impl Store {
         slaves: &[String],
         status: Status,
     ) -> Result<String> {
-        let id = uuid::Uuid::new_v4().to_string();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO lambda_instances (id, name, owner, status, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, name, owner, status.name(), now_ms()],
-        )?;
-        for (position, server) in std::iter::once(master)
-            .chain(slaves.iter().map(String::as_str))
-            .enumerate()
+        let servers = std::iter::once(master.to_string())
+            .chain(slaves.iter().cloned())
+            .collect();
+        let mut ids =
+            self.add_instances(&[(name.to_string(), owner.to_string(), servers, status)])?;
+        Ok(ids.remove(0))
+    }
+
+    /// Registers many instances in one transaction (for loading a database, e.g. the
+    /// benchmark's); returns their new uuids in order.
+    pub fn add_instances(
+        &mut self,
+        new: &[(String, String, Vec<String>, Status)],
+    ) -> Result<Vec<String>> {
+        let tx = self.begin_write()?;
+        let mut ids = Vec::with_capacity(new.len());
         {
-            tx.execute(
-                "INSERT INTO instance_servers (instance_id, position, server_id) VALUES (?1, ?2, ?3)",
-                params![id, position as i64, server],
+            let mut instance = tx.prepare(
+                "INSERT INTO lambda_instances (id, name, owner, status, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
+            let mut server = tx.prepare(
+                "INSERT INTO instance_servers (instance_id, position, server_id) VALUES (?1, ?2, ?3)",
+            )?;
+            for (name, owner, servers, status) in new {
+                let id = uuid::Uuid::new_v4().to_string();
+                instance.execute(params![id, name, owner, status.name(), now_ms()])?;
+                for (position, s) in servers.iter().enumerate() {
+                    server.execute(params![id, position as i64, s])?;
+                }
+                ids.push(id);
+            }
         }
         tx.commit()?;
-        Ok(id)
+        Ok(ids)
     }
 
     /// Removes an instance and its history. Returns whether it existed.
     pub fn remove_instance(&mut self, id: &str) -> Result<bool> {
-        let n = self
-            .conn
-            .execute("DELETE FROM lambda_instances WHERE id = ?1", params![id])?;
+        let tx = self.begin_write()?;
+        let n = tx.execute("DELETE FROM lambda_instances WHERE id = ?1", params![id])?;
+        tx.commit()?;
         Ok(n > 0)
     }
 
@@ -437,66 +554,43 @@ impl Store {
         token: &str,
         compute_url: &str,
     ) -> Result<Requested> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let status: Option<String> = tx
-            .prepare_cached(
-                "SELECT status FROM lambda_instances
-                 WHERE id = ?1 AND owner = ?2 AND status <> 'DESTROYED'",
-            )?
-            .query_row(params![instance_id, owner], |r| r.get(0))
-            .optional()?;
-        let Some(status) = status else {
-            return Ok(Requested::NotFound);
-        };
-        let status = status_of(status)?;
-        let live: Option<(String, String)> = tx
-            .prepare_cached(
-                "SELECT id, action FROM actions
-                 WHERE instance_id = ?1 AND state IN ('queued', 'running')",
-            )?
-            .query_row(params![instance_id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let result = match verdict(status, kind, live.is_some()) {
-            Verdict::Conflict(message) => Requested::Conflict(message),
-            Verdict::Merge => match live {
-                Some((id, action)) if action == kind.name() => Requested::Merged(id),
-                // The status says one thing and the action in flight another: only possible
-                // if the row was edited by hand. Refuse rather than guess.
-                _ => Requested::Conflict(format!(
-                    "Can't {} a lambda instance while lambda instance status is {}.",
-                    kind.name(),
-                    status.name()
-                )),
-            },
-            Verdict::Create => {
-                let now = now_ms();
-                if let Some((stale, _)) = live {
-                    // A live action on an instance whose status says otherwise: end it, so
-                    // that the new one is the only one in flight.
-                    tx.execute(
-                        "UPDATE actions SET state = 'failed', error = 'superseded by a new action',
-                             token = NULL, compute_url = NULL, claim = NULL, finished_at = ?2
-                         WHERE id = ?1",
-                        params![stale, now],
-                    )?;
-                }
-                let id = uuid::Uuid::new_v4().to_string();
-                tx.execute(
-                    "INSERT INTO actions (id, instance_id, action, state, token, compute_url, created_at)
-                     VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
-                    params![id, instance_id, kind.name(), token, compute_url, now],
-                )?;
-                tx.execute(
-                    "UPDATE lambda_instances SET status = ?2, failure_message = NULL WHERE id = ?1",
-                    params![instance_id, kind.transient_status().name()],
-                )?;
-                Requested::Created(id)
+        // Most repeated requests change nothing (a merge, a conflict): decide on a read
+        // snapshot first, which takes no lock, and lock for writing only to create.
+        {
+            let snapshot = self.conn.transaction()?;
+            if let Decided::Final(answer) = decide(&snapshot, instance_id, owner, kind)? {
+                return Ok(answer);
             }
+        }
+        let tx = self.begin_write()?;
+        let stale = match decide(&tx, instance_id, owner, kind)? {
+            // Changed between the read and the lock: the locked answer stands.
+            Decided::Final(answer) => return Ok(answer),
+            Decided::Create { stale } => stale,
         };
+        let now = now_ms();
+        if let Some(stale) = stale {
+            // A live action on an instance whose status says otherwise: end it, so that the
+            // new one is the only one in flight.
+            tx.execute(
+                "UPDATE actions SET state = 'failed', error = 'superseded by a new action',
+                     token = NULL, compute_url = NULL, claim = NULL, finished_at = ?2
+                 WHERE id = ?1",
+                params![stale, now],
+            )?;
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        tx.execute(
+            "INSERT INTO actions (id, instance_id, action, state, token, compute_url, created_at)
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+            params![id, instance_id, kind.name(), token, compute_url, now],
+        )?;
+        tx.execute(
+            "UPDATE lambda_instances SET status = ?2, failure_message = NULL WHERE id = ?1",
+            params![instance_id, kind.transient_status().name()],
+        )?;
         tx.commit()?;
-        Ok(result)
+        Ok(Requested::Created(id))
     }
 
     // ----- reading actions -------------------------------------------------------------
@@ -620,8 +714,8 @@ impl Store {
         max_age_ms: i64,
     ) -> Result<()> {
         let now = now_ms();
-        self.conn
-            .prepare_cached(
+        let tx = self.begin_write()?;
+        tx.prepare_cached(
                 "INSERT INTO idempotency_keys (owner, key, fingerprint, status, body, location, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (owner, key) DO UPDATE SET
@@ -640,20 +734,22 @@ impl Store {
                 now,
                 now - max_age_ms
             ])?;
+        tx.commit()?;
         Ok(())
     }
 
     /// Deletes at most `batch` keys older than `max_age_ms`, oldest first, through the age
     /// index (never a scan of the table). Returns how many went.
     pub fn purge_answers(&mut self, max_age_ms: i64, batch: u64) -> Result<usize> {
-        let n = self
-            .conn
+        let tx = self.begin_write()?;
+        let n = tx
             .prepare_cached(
                 "DELETE FROM idempotency_keys WHERE (owner, key) IN (
                  SELECT owner, key FROM idempotency_keys WHERE created_at < ?1
                  ORDER BY created_at LIMIT ?2)",
             )?
             .execute(params![now_ms() - max_age_ms, batch as i64])?;
+        tx.commit()?;
         Ok(n)
     }
 
@@ -663,9 +759,7 @@ impl Store {
     /// back to the queue (this process is the database's only user), and an instance left in
     /// STARTING or STOPPING with nothing in flight is marked FAILED.
     pub fn recover(&mut self) -> Result<(usize, usize)> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin_write()?;
         let requeued = tx.execute(
             "UPDATE actions SET state = 'queued', claim = NULL, lease_until = NULL
              WHERE state = 'running'",
@@ -687,9 +781,7 @@ impl Store {
     /// `lease`. The claim is fresh, so whoever held the action before can no longer write it.
     pub fn claim_next(&mut self, lease: Duration) -> Result<Option<Job>> {
         let now = now_ms();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin_write()?;
         let next: Option<String> = tx
             .prepare_cached(
                 "SELECT id FROM actions
@@ -757,9 +849,7 @@ impl Store {
         result: &str,
     ) -> Result<bool> {
         let now = now_ms();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin_write()?;
         let held = tx.execute(
             "UPDATE actions SET lease_until = ?3 WHERE id = ?1 AND claim = ?2 AND state = 'running'",
             params![job.action_id, job.claim, now + lease.as_millis() as i64],
@@ -778,10 +868,12 @@ impl Store {
 
     /// Renews the lease of a claimed action; false when the claim is no longer current.
     pub fn renew(&mut self, job: &Job, lease: Duration) -> Result<bool> {
-        let n = self.conn.execute(
+        let tx = self.begin_write()?;
+        let n = tx.execute(
             "UPDATE actions SET lease_until = ?3 WHERE id = ?1 AND claim = ?2 AND state = 'running'",
             params![job.action_id, job.claim, now_ms() + lease.as_millis() as i64],
         )?;
+        tx.commit()?;
         Ok(n == 1)
     }
 
@@ -789,9 +881,7 @@ impl Store {
     /// instance's new status. The token is erased. Returns false when the claim was lost.
     pub fn finish(&mut self, job: &Job, error: Option<&str>) -> Result<bool> {
         let now = now_ms();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin_write()?;
         let state = if error.is_some() {
             "failed"
         } else {
@@ -830,11 +920,13 @@ impl Store {
     /// Hands a claimed action back to the queue (the process is shutting down); the next
     /// process, or another worker, takes it up again.
     pub fn release(&mut self, job: &Job) -> Result<bool> {
-        let n = self.conn.execute(
+        let tx = self.begin_write()?;
+        let n = tx.execute(
             "UPDATE actions SET state = 'queued', claim = NULL, lease_until = NULL
              WHERE id = ?1 AND claim = ?2 AND state = 'running'",
             params![job.action_id, job.claim],
         )?;
+        tx.commit()?;
         Ok(n == 1)
     }
 }

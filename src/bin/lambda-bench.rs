@@ -1,0 +1,742 @@
+//! `lambda-bench`: what `make bench` runs. Not part of the service.
+//!
+//! It loads a database, starts `okeanos-sim` and `lambda-api serve` (release builds, beside
+//! this binary), drives them with wrk, and prints every figure with its ratio to a ceiling
+//! measured in the same run: a bare tiny_http responder with the service's thread count, and
+//! the single-connection SQLite commit rate of the same disk with the same `synchronous`. The
+//! table also goes to target/bench/latest.md.
+//!
+//! `lambda-bench ceiling --listen ADDR --threads N` is that bare responder.
+
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lambda_api::model::Status;
+use lambda_api::store::{self, Synchronous};
+use serde_json::{json, Value};
+
+const USERS: usize = 100;
+const INSTANCES: usize = 10_000;
+const MERGED: usize = 1_000;
+const STARTED: usize = 1_000;
+const HTTP_THREADS: usize = 8;
+const CONNECTIONS: [usize; 3] = [1, 32, 128];
+/// Seconds of each wrk run.
+const RUN_SECS: u64 = 3;
+const WORKER_ACTIONS: usize = 500;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("ceiling") {
+        let listen = arg(&args, "--listen").unwrap_or_else(|| "127.0.0.1:0".into());
+        let threads: usize = arg(&args, "--threads")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(HTTP_THREADS);
+        ceiling(&listen, threads);
+        return;
+    }
+    if let Err(e) = bench() {
+        eprintln!("lambda-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// The static ceiling: tiny_http answering a fixed 202 body, nothing else.
+fn ceiling(listen: &str, threads: usize) {
+    let server = std::sync::Arc::new(tiny_http::Server::http(listen).expect("bind"));
+    println!("listening on http://{}", server.server_addr());
+    let body = br#"{"status":{"code":202,"short-description":"Your request has been accepted"}}"#;
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let server = server.clone();
+            std::thread::spawn(move || loop {
+                if let Ok(r) = server.recv() {
+                    let h =
+                        tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
+                    let _ = r.respond(
+                        tiny_http::Response::from_data(&body[..])
+                            .with_status_code(202)
+                            .with_header(h),
+                    );
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// A child process, killed (and waited for) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn status_field(&self, name: &str) -> u64 {
+        let text =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .new_agent()
+}
+
+fn wait_ready(url: &str, deadline: Duration) -> Res<Duration> {
+    let started = Instant::now();
+    let agent = agent();
+    loop {
+        if let Ok(r) = agent.get(url).call() {
+            if r.status() == 200 {
+                return Ok(started.elapsed());
+            }
+        }
+        if started.elapsed() > deadline {
+            return Err(format!("{url} never answered 200"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn token(user: usize) -> String {
+    format!("bench-token-{user:03}")
+}
+
+fn user_id(user: usize) -> String {
+    format!("00000000-0000-4000-8000-{user:012}")
+}
+
+/// A simulator fixture: `USERS` users, each with the VMs `vms(user)` lists.
+fn write_fixture(path: &Path, vms: &dyn Fn(usize) -> Vec<String>) -> Res<()> {
+    let users: Vec<Value> = (0..USERS)
+        .map(|u| json!({"id": user_id(u), "name": format!("user{u}"), "tokens": [token(u)]}))
+        .collect();
+    let servers: Vec<Value> = (0..USERS)
+        .flat_map(|u| {
+            vms(u)
+                .into_iter()
+                .map(move |id| json!({"id": id, "owner": user_id(u), "status": "STOPPED"}))
+        })
+        .collect();
+    std::fs::write(
+        path,
+        json!({"users": users, "servers": servers}).to_string(),
+    )
+    .map_err(err("fixture"))
+}
+
+struct Bin {
+    dir: PathBuf,
+}
+
+impl Bin {
+    fn sim(&self, fixture: &Path, transition_ms: u64) -> Res<(Proc, String)> {
+        let addr = free_addr();
+        let child = Command::new(self.dir.join("okeanos-sim"))
+            .args([
+                "--listen",
+                &addr,
+                "--threads",
+                "8",
+                "--transition-ms",
+                &transition_ms.to_string(),
+            ])
+            .arg("--fixture")
+            .arg(fixture)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(err("okeanos-sim"))?;
+        let p = Proc(child);
+        wait_ready(
+            &format!("http://{addr}/_sim/faults"),
+            Duration::from_secs(10),
+        )?;
+        Ok((p, addr))
+    }
+
+    fn service(
+        &self,
+        db: &Path,
+        sim: &str,
+        workers: usize,
+        poll_ms: u64,
+    ) -> Res<(Proc, String, Duration)> {
+        let addr = free_addr();
+        let started = Instant::now();
+        let child = Command::new(self.dir.join("lambda-api"))
+            .arg("serve")
+            .env("LAMBDA_API_LISTEN", &addr)
+            .env("LAMBDA_API_DATABASE", db)
+            .env(
+                "LAMBDA_API_ASTAKOS_URL",
+                format!("http://{sim}/identity/v2.0"),
+            )
+            .env("LAMBDA_API_WORKERS", workers.to_string())
+            .env("LAMBDA_API_HTTP_THREADS", HTTP_THREADS.to_string())
+            .env("LAMBDA_API_POLL_INTERVAL_MS", poll_ms.to_string())
+            .env("LAMBDA_API_SHUTDOWN_GRACE_SECS", "0")
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(err("lambda-api"))?;
+        let p = Proc(child);
+        let ready = wait_ready(&format!("http://{addr}/healthz"), Duration::from_secs(30))?;
+        let _ = started;
+        Ok((p, addr, ready))
+    }
+}
+
+/// One wrk run's figures.
+#[derive(Debug, Default, Clone)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    bad: u64,
+    errors: u64,
+    wrapped: u64,
+}
+
+const SCRIPT: &str = r#"
+local threads = {}
+local counter = 0
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+function init(args)
+  method, expected, data = args[1], tonumber(args[2]), args[3]
+  list, n = {}, 0
+  for line in io.lines(data) do
+    local tok, path = line:match("(%S+) (%S+)")
+    n = n + 1
+    list[n] = {tok, path}
+  end
+  step = tonumber(args[4])
+  i = (tid % n) + 1
+  ok, bad, wrapped = 0, 0, 0
+end
+function request()
+  local e = list[i]
+  i = i + step
+  if i > n then i = ((i - 1) % n) + 1; wrapped = wrapped + 1 end
+  if method == "POST" then
+    return wrk.format("POST", e[2], {["X-Auth-Token"] = e[1],
+      ["Content-Type"] = "application/x-www-form-urlencoded"}, "action=start")
+  end
+  return wrk.format("GET", e[2], {["X-Auth-Token"] = e[1]})
+end
+function response(status, headers, body)
+  if status == expected then ok = ok + 1 else bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local o, b, w = 0, 0, 0
+  for _, t in ipairs(threads) do
+    o = o + t:get("ok"); b = b + t:get("bad"); w = w + t:get("wrapped")
+  end
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests":%d,"duration_us":%d,"ok":%d,"bad":%d,"errors":%d,"p50_us":%d,"p99_us":%d,"wrapped":%d}\n',
+    summary.requests, summary.duration, o, b, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99), w))
+end
+"#;
+
+/// Runs wrk against `base` over the (token, path) lines of `data`, expecting `expected`.
+fn wrk(
+    work: &Path,
+    base: &str,
+    method: &str,
+    expected: u16,
+    data: &Path,
+    conns: usize,
+    secs: u64,
+) -> Res<Run> {
+    let script = work.join("bench.lua");
+    std::fs::write(&script, SCRIPT).map_err(err("script"))?;
+    let threads = conns.min(2);
+    // Each wrk thread takes every `threads`-th line, so no line is used twice before the
+    // list wraps (the write path needs a fresh instance per request).
+    let out = Command::new("wrk")
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-c",
+            &conns.to_string(),
+            "-d",
+            &format!("{secs}s"),
+            "--timeout",
+            "5s",
+        ])
+        .arg("-s")
+        .arg(&script)
+        .arg(base)
+        .args(["--", method, &expected.to_string()])
+        .arg(data)
+        .arg(threads.to_string())
+        .output()
+        .map_err(err("wrk (make bench installs it)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .ok_or_else(|| format!("wrk said: {text}{}", String::from_utf8_lossy(&out.stderr)))?;
+    let v: Value = serde_json::from_str(line).map_err(err("wrk result"))?;
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    if n("ok") == 0 {
+        return Err(format!(
+            "no {expected} among the answers to {method} over {}: {line}",
+            data.display()
+        ));
+    }
+    Ok(Run {
+        rps: n("requests") as f64 / (n("duration_us") as f64 / 1e6),
+        p50_ms: n("p50_us") as f64 / 1000.0,
+        p99_ms: n("p99_us") as f64 / 1000.0,
+        bad: n("bad"),
+        errors: n("errors"),
+        wrapped: n("wrapped"),
+    })
+}
+
+fn write_lines(path: &Path, lines: impl Iterator<Item = String>) -> Res<()> {
+    let text: String = lines.map(|l| l + "\n").collect();
+    std::fs::write(path, text).map_err(err("data file"))
+}
+
+/// Single-connection commits per second on `dir`'s disk: one row per `BEGIN IMMEDIATE`.
+fn commit_ceiling(dir: &Path, synchronous: Synchronous) -> Res<f64> {
+    let path = dir.join("commit-probe.db");
+    let conn = rusqlite::Connection::open(&path).map_err(err("probe"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err("probe"))?;
+    conn.pragma_update(None, "synchronous", synchronous.name())
+        .map_err(err("probe"))?;
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        .map_err(err("probe"))?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(2) {
+        conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO t (v) VALUES ('x'); COMMIT;")
+            .map_err(err("probe"))?;
+        n += 1;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn bench() -> Res<()> {
+    let exe = std::env::current_exe().map_err(err("current exe"))?;
+    let bin = Bin {
+        dir: exe.parent().ok_or("no binary folder")?.to_path_buf(),
+    };
+    let root = bin
+        .dir
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("no target folder")?
+        .join("bench");
+    let work = root.join("run");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(err("work folder"))?;
+    let synchronous = Synchronous::Full;
+    let mut table = String::new();
+    let mut notes = Vec::new();
+    let _ = writeln!(
+        table,
+        "| measure | conns | figure | ceiling | ratio | p50 | p99 | unexpected |"
+    );
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|");
+
+    // Ceilings first: the disk, then the bare responder.
+    eprintln!("measuring the ceilings ...");
+    let commits = commit_ceiling(&work, synchronous)?;
+    let (ceiling_proc, ceiling_addr) = {
+        let addr = free_addr();
+        let child = Command::new(&exe)
+            .args([
+                "ceiling",
+                "--listen",
+                &addr,
+                "--threads",
+                &HTTP_THREADS.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(err("ceiling"))?;
+        let p = Proc(child);
+        std::thread::sleep(Duration::from_millis(200));
+        (p, addr)
+    };
+    let dummy = work.join("ceiling.txt");
+    write_lines(&dummy, std::iter::once("t /".to_string()))?;
+    let mut statics = Vec::new();
+    for c in CONNECTIONS {
+        let r = wrk(
+            &work,
+            &format!("http://{ceiling_addr}"),
+            "GET",
+            202,
+            &dummy,
+            c,
+            RUN_SECS,
+        )?;
+        let _ = writeln!(
+            table,
+            "| ceiling: bare tiny_http 202 ({HTTP_THREADS} threads) | {c} | {:.0} req/s | | | {:.2} ms | {:.2} ms | {} |",
+            r.rps, r.p50_ms, r.p99_ms, r.bad + r.errors
+        );
+        statics.push(r.rps);
+    }
+    drop(ceiling_proc);
+    let _ = writeln!(
+        table,
+        "| ceiling: SQLite commits, 1 connection, synchronous={} | 1 | {commits:.0} commits/s | | | | | |",
+        synchronous.name()
+    );
+
+    // The database: 10 000 instances across 100 users (each user's share its 3 VMs), and a
+    // pool of STOPPED instances for the write path, sized from the commit ceiling.
+    eprintln!("loading the database ...");
+    let write_secs = 2;
+    let pool_per_run = ((commits * 1.5) as usize * write_secs as usize).max(2000);
+    let fixture = work.join("fixture.json");
+    write_fixture(&fixture, &|u| {
+        (0..3).map(|k| format!("u{u}-vm{k}")).collect()
+    })?;
+    let db = work.join("bench.db");
+    let mut store = store::open(&db, synchronous).map_err(err("database"))?;
+    let servers = |u: usize| -> Vec<String> { (0..3).map(|k| format!("u{u}-vm{k}")).collect() };
+    let mut rows = Vec::new();
+    for i in 0..INSTANCES {
+        let u = i % USERS;
+        let status = if i < STARTED {
+            Status::Started
+        } else {
+            Status::Stopped
+        };
+        rows.push((format!("bench-{i}"), user_id(u), servers(u), status));
+    }
+    let ids = store.add_instances(&rows).map_err(err("load"))?;
+    let pool_rows: Vec<_> = (0..pool_per_run * CONNECTIONS.len())
+        .map(|i| {
+            (
+                format!("pool-{i}"),
+                user_id(i % USERS),
+                servers(i % USERS),
+                Status::Stopped,
+            )
+        })
+        .collect();
+    let pool = store.add_instances(&pool_rows).map_err(err("load"))?;
+    drop(store);
+    let line = |i: usize, id: &str| format!("{} /api/lambda-instances/{id}/", token(i % USERS));
+    let all = work.join("all.txt");
+    write_lines(&all, ids.iter().enumerate().map(|(i, id)| line(i, id)))?;
+    let started_list = work.join("started.txt");
+    write_lines(
+        &started_list,
+        ids[..STARTED].iter().enumerate().map(|(i, id)| line(i, id)),
+    )?;
+    let merged_ids = &ids[STARTED..STARTED + MERGED];
+    let merged_list = work.join("merged.txt");
+    write_lines(
+        &merged_list,
+        merged_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| line(i + STARTED, id)),
+    )?;
+    let missing = work.join("missing.txt");
+    write_lines(
+        &missing,
+        (0..1000).map(|i| line(i, &uuid::Uuid::new_v4().to_string())),
+    )?;
+    let bad_token = work.join("bad-token.txt");
+    write_lines(
+        &bad_token,
+        ids[..1000]
+            .iter()
+            .map(|id| format!("bench-bad-token /api/lambda-instances/{id}/")),
+    )?;
+
+    // The service, against a simulator whose VMs take an hour: actions stay in flight.
+    let (_sim, sim_addr) = bin.sim(&fixture, 3_600_000)?;
+    let (service, addr, ready) = bin.service(&db, &sim_addr, 4, 1000)?;
+    let base = format!("http://{addr}");
+    let agent = agent();
+    for u in 0..USERS {
+        agent
+            .get(&format!("{base}/api/authenticate/"))
+            .header("X-Auth-Token", &token(u))
+            .call()
+            .map_err(err("warm-up"))?;
+    }
+    let _ = agent
+        .get(&format!("{base}/api/lambda-instances/x/"))
+        .header("X-Auth-Token", "bench-bad-token")
+        .call();
+    for (i, id) in merged_ids.iter().enumerate() {
+        let r = agent
+            .post(&format!("{base}/api/lambda-instances/{id}/"))
+            .header("X-Auth-Token", &token((i + STARTED) % USERS))
+            .content_type("application/x-www-form-urlencoded")
+            .send("action=start")
+            .map_err(err("setting up merged"))?;
+        if r.status() != 202 {
+            return Err(format!("setting up merged: {}", r.status()));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = service.status_field("VmRSS:");
+    let idle_threads = service.status_field("Threads:");
+
+    let scenarios: [(&str, &str, u16, &Path); 5] = [
+        (
+            "status poll GET /api/lambda-instances/{id}/ (10 000 ids)",
+            "GET",
+            200,
+            &all,
+        ),
+        (
+            "start on STARTING: merged, no write",
+            "POST",
+            202,
+            &merged_list,
+        ),
+        (
+            "start on STARTED: 409, no write",
+            "POST",
+            409,
+            &started_list,
+        ),
+        ("401, cached bad token", "GET", 401, &bad_token),
+        ("404, unknown instance", "GET", 404, &missing),
+    ];
+    let mut at32 = Vec::new();
+    for (name, method, expected, data) in scenarios {
+        eprintln!("{name} ...");
+        for (k, c) in CONNECTIONS.into_iter().enumerate() {
+            let r = wrk(&work, &base, method, expected, data, c, RUN_SECS)?;
+            let ratio = r.rps / statics[k];
+            let _ =
+                writeln!(
+                table,
+                "| {name} | {c} | {:.0} req/s | {:.0} req/s | {:.0} % | {:.2} ms | {:.2} ms | {} |",
+                r.rps, statics[k], ratio * 100.0, r.p50_ms, r.p99_ms, r.bad + r.errors
+            );
+            if c == 32 && expected != 401 && expected != 404 {
+                at32.push((name, ratio, r.p99_ms));
+            }
+        }
+    }
+
+    eprintln!("the write path ...");
+    let mut write_ratios = Vec::new();
+    for (k, c) in CONNECTIONS.into_iter().enumerate() {
+        let data = work.join(format!("pool-{k}.txt"));
+        let slice = &pool[k * pool_per_run..(k + 1) * pool_per_run];
+        write_lines(
+            &data,
+            slice
+                .iter()
+                .enumerate()
+                .map(|(i, id)| line(k * pool_per_run + i, id)),
+        )?;
+        let r = wrk(&work, &base, "POST", 202, &data, c, write_secs)?;
+        let ratio = r.rps / commits;
+        write_ratios.push(ratio);
+        let exhausted = if r.wrapped > 0 {
+            " (pool exhausted: some were merges)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            table,
+            "| start on STOPPED: creates an action, synchronous={}{exhausted} | {c} | {:.0} req/s | {commits:.0} commits/s | {:.0} % | {:.2} ms | {:.2} ms | {} |",
+            synchronous.name(), r.rps, ratio * 100.0, r.p50_ms, r.p99_ms, r.bad + r.errors
+        );
+    }
+    let peak_rss = service.status_field("VmHWM:");
+    drop(service);
+
+    // Footprint.
+    let stripped = work.join("lambda-api.stripped");
+    std::fs::copy(bin.dir.join("lambda-api"), &stripped).map_err(err("copy"))?;
+    let strip = Command::new("strip")
+        .arg(&stripped)
+        .status()
+        .map_err(err("strip"))?;
+    let size = std::fs::metadata(&stripped).map_err(err("size"))?.len();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let _ = writeln!(
+        table,
+        "| RSS idle (10 000 instances, warm token cache) | | {:.1} MiB | 10 MiB target | | | | |",
+        mib(idle_rss)
+    );
+    let _ = writeln!(
+        table,
+        "| RSS peak (VmHWM, after the 128-connection runs) | | {:.1} MiB | 40 MiB target | | | | |",
+        mib(peak_rss)
+    );
+    let _ = writeln!(table, "| threads at idle | | {idle_threads} | | | | | |");
+    let _ = writeln!(
+        table,
+        "| start-up to a ready /healthz | | {:.0} ms | 100 ms target | | | | |",
+        ready.as_secs_f64() * 1000.0
+    );
+    let _ = writeln!(
+        table,
+        "| stripped binary{} | | {:.1} MiB | 10 MiB target | | | | |",
+        if strip.success() {
+            ""
+        } else {
+            " (strip failed: unstripped)"
+        },
+        size as f64 / (1 << 20) as f64
+    );
+
+    // Worker throughput: 500 instances × 3 VMs of their own, a simulator with no delay.
+    eprintln!("worker throughput ...");
+    let per_user = WORKER_ACTIONS / USERS;
+    let wfixture = work.join("workers-fixture.json");
+    write_fixture(&wfixture, &|u| {
+        (0..per_user * 3).map(|k| format!("w{u}-{k}")).collect()
+    })?;
+    let mut first_rate = 0.0;
+    for workers in [1usize, 4, 16] {
+        let wdb = work.join(format!("workers-{workers}.db"));
+        let mut store = store::open(&wdb, synchronous).map_err(err("database"))?;
+        let rows: Vec<_> = (0..WORKER_ACTIONS)
+            .map(|i| {
+                let (u, j) = (i % USERS, i / USERS);
+                let vms = (0..3).map(|k| format!("w{u}-{}", j * 3 + k)).collect();
+                (format!("w-{i}"), user_id(u), vms, Status::Stopped)
+            })
+            .collect();
+        let wids = store.add_instances(&rows).map_err(err("load"))?;
+        drop(store);
+        let (_sim, sim_addr) = bin.sim(&wfixture, 0)?;
+        let poll_ms = 20;
+        let (_svc, addr, _) = bin.service(&wdb, &sim_addr, workers, poll_ms)?;
+        let base = format!("http://{addr}");
+        for u in 0..USERS {
+            let _ = agent
+                .get(&format!("{base}/api/authenticate/"))
+                .header("X-Auth-Token", &token(u))
+                .call();
+        }
+        let started = Instant::now();
+        for (i, id) in wids.iter().enumerate() {
+            agent
+                .post(&format!("{base}/api/lambda-instances/{id}/"))
+                .header("X-Auth-Token", &token(i % USERS))
+                .content_type("application/x-www-form-urlencoded")
+                .send("action=start")
+                .map_err(err("worker bench"))?;
+        }
+        let (elapsed, text) = loop {
+            let text = agent
+                .get(&format!("{base}/metrics"))
+                .call()
+                .map_err(err("metrics"))?
+                .body_mut()
+                .read_to_string()
+                .map_err(err("metrics"))?;
+            if metric(&text, "lambda_actions_finished_total") >= WORKER_ACTIONS as f64 {
+                break (started.elapsed(), text);
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                return Err("worker bench: actions did not finish in 300 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let failed = metric(&text, "lambda_actions_finished_total{state=\"failed\"}");
+        let calls = metric(&text, "lambda_okeanos_calls_total{op=\"status\"")
+            + metric(&text, "lambda_okeanos_calls_total{op=\"start\"");
+        let rate = WORKER_ACTIONS as f64 / elapsed.as_secs_f64();
+        if workers == 1 {
+            first_rate = rate;
+        }
+        let _ = writeln!(
+            table,
+            "| workers={workers}: {WORKER_ACTIONS} starts × 3 VMs, poll {poll_ms} ms | | {rate:.1} actions/s | ×{workers} of workers=1: {:.1} | {:.0} % | | | {failed} failed; {:.1} okeanos calls/action |",
+            first_rate * workers as f64,
+            rate / (first_rate * workers as f64) * 100.0,
+            calls / WORKER_ACTIONS as f64
+        );
+    }
+
+    for (name, ratio, p99) in &at32 {
+        notes.push(format!(
+            "- at 32 connections, {name}: {:.0} % of the static ceiling (target ≥ 50 %), p99 {p99:.2} ms (target < 5 ms)",
+            ratio * 100.0
+        ));
+    }
+    notes.push(format!(
+        "- write path: {} of the commit ceiling (target ≥ 80 %)",
+        write_ratios
+            .iter()
+            .map(|r| format!("{:.0} %", r * 100.0))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    ));
+    let report = format!(
+        "# lambda-bench\n\nmachine: {} cores; synchronous={}; each run {RUN_SECS} s (write path {write_secs} s)\n\n{table}\n{}\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        synchronous.name(),
+        notes.join("\n")
+    );
+    print!("{report}");
+    std::fs::write(root.join("latest.md"), &report).map_err(err("report"))?;
+    eprintln!("written to {}", root.join("latest.md").display());
+    Ok(())
+}
