@@ -36,26 +36,7 @@ impl Crash {
             env,
             id: String::new(),
         };
-        let o = run(
-            c.dir.path(),
-            &c.env(),
-            &[
-                "instances",
-                "add",
-                "--name",
-                "d",
-                "--owner",
-                USER,
-                "--master",
-                MASTER,
-                "--slave",
-                SLAVES[0],
-                "--slave",
-                SLAVES[1],
-            ],
-        );
-        assert!(o.status.success(), "{}", stderr(&o));
-        c.id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+        c.id = add_demo_instance(c.dir.path(), &c.env());
         c
     }
 

@@ -47,42 +47,39 @@ fn latency_spikes_are_waited_out() {
     h.wait_status(&id, "STARTED");
 }
 
-#[test]
-fn build_in_progress_is_retried() {
-    let (h, id) = with_faults(
-        Faults {
-            conflict_next: 2,
-            ..Faults::default()
-        },
-        |_| {},
-    );
+/// Two faults in a row are retried: the action succeeds and shows both tries in its steps.
+fn retried_twice(faults: Faults, result_prefix: &str) {
+    let (h, id) = with_faults(faults, |_| {});
     let action = start(&h, &id);
     h.wait_status(&id, "STARTED");
     let done = h.wait_action_done(&id, &action);
     let retried = results(&done)
         .iter()
-        .filter(|r| r.starts_with("409 buildInProgress"))
+        .filter(|r| r.starts_with(result_prefix))
         .count();
     assert_eq!(retried, 2, "{done}");
 }
 
 #[test]
+fn build_in_progress_is_retried() {
+    retried_twice(
+        Faults {
+            conflict_next: 2,
+            ..Faults::default()
+        },
+        "409 buildInProgress",
+    );
+}
+
+#[test]
 fn connection_resets_are_retried() {
-    let (h, id) = with_faults(
+    retried_twice(
         Faults {
             reset_next: 2,
             ..Faults::default()
         },
-        |_| {},
+        "no answer",
     );
-    let action = start(&h, &id);
-    h.wait_status(&id, "STARTED");
-    let done = h.wait_action_done(&id, &action);
-    let retried = results(&done)
-        .iter()
-        .filter(|r| r.starts_with("no answer"))
-        .count();
-    assert_eq!(retried, 2, "{done}");
 }
 
 #[test]

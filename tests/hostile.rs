@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::process::{run, Served};
+use support::process::{add_demo_instance, Served};
 use support::*;
 
 /// The service, the simulator, and nginx in front.
@@ -57,25 +57,7 @@ impl Front {
             ("LAMBDA_API_POLL_INTERVAL_MS", "10"),
             ("RUST_LOG", "warn"),
         ];
-        let o = run(
-            dir.path(),
-            &env,
-            &[
-                "instances",
-                "add",
-                "--name",
-                "h",
-                "--owner",
-                USER,
-                "--master",
-                MASTER,
-                "--slave",
-                SLAVES[0],
-                "--slave",
-                SLAVES[1],
-            ],
-        );
-        let instance = String::from_utf8(o.stdout).unwrap().trim().to_string();
+        let instance = add_demo_instance(dir.path(), &env);
         let service = Served::start(dir.path(), &env);
         let direct: SocketAddr = service.base.trim_start_matches("http://").parse().unwrap();
 

@@ -114,25 +114,7 @@ fn an_accepted_action_survives_sigkill() {
         ("LAMBDA_API_ASTAKOS_URL", astakos.as_str()),
         ("LAMBDA_API_POLL_INTERVAL_MS", "20"),
     ];
-    let o = run(
-        dir.path(),
-        &env,
-        &[
-            "instances",
-            "add",
-            "--name",
-            "d",
-            "--owner",
-            USER,
-            "--master",
-            "101",
-            "--slave",
-            "102",
-            "--slave",
-            "103",
-        ],
-    );
-    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let id = add_demo_instance(dir.path(), &env);
 
     let mut first = Served::start(dir.path(), &env);
     let r = post_form(

@@ -378,12 +378,8 @@ fn bench() -> Res<()> {
     let bin = Bin {
         dir: exe.parent().ok_or("no binary folder")?.to_path_buf(),
     };
-    let root = bin
-        .dir
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("no target folder")?
-        .join("bench");
+    // target/release/lambda-bench → target/bench
+    let root = bin.dir.parent().ok_or("no target folder")?.join("bench");
     let work = root.join("run");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(err("work folder"))?;

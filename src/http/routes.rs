@@ -409,7 +409,9 @@ fn action_call(
 ) -> Result<Reply, ApiError> {
     let user = &caller.user;
     let key = idempotency_key(head)?;
-    owned(store, id, user)?;
+    if !store.owns(id, &user.id)? {
+        return Err(ApiError::NotFound(INSTANCE_NOT_FOUND.into()));
+    }
     check_body_head(head, app.max_body_bytes)?;
     let bytes = read_body(body, app.max_body_bytes)?;
     let action = action_field(head.header("content-type"), &bytes)?

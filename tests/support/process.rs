@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 
-use super::DEADLINE;
+use super::{DEADLINE, MASTER, SLAVES, USER};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lambda-api");
 
@@ -96,4 +96,26 @@ impl Served {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
+}
+
+/// `lambda-api instances add` of the demo cluster (master 101, slaves 102 and 103) for the
+/// demo user; returns the new instance's id.
+pub fn add_demo_instance(dir: &Path, env: &[(&str, &str)]) -> String {
+    let args = [
+        "instances",
+        "add",
+        "--name",
+        "demo",
+        "--owner",
+        USER,
+        "--master",
+        MASTER,
+        "--slave",
+        SLAVES[0],
+        "--slave",
+        SLAVES[1],
+    ];
+    let o = run(dir, env, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
