@@ -75,6 +75,12 @@ pub struct Metrics {
 /// What `Retry-After` says while there is no history to go by.
 const DEFAULT_ETA: Duration = Duration::from_secs(5);
 
+/// The `# HELP` and `# TYPE` lines that open a family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every update is a single map operation, so a poisoned map is still consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -146,8 +152,12 @@ impl Metrics {
     /// The exposition of every family.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(8192);
-        out.push_str("# HELP lambda_http_requests_total HTTP requests answered, by route template and status.\n");
-        out.push_str("# TYPE lambda_http_requests_total counter\n");
+        family(
+            &mut out,
+            "lambda_http_requests_total",
+            "counter",
+            "HTTP requests answered, by route template and status.",
+        );
         let routes = lock(&self.routes);
         for (route, stats) in routes.iter() {
             for (status, n) in &stats.statuses {
@@ -157,8 +167,12 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP lambda_http_request_duration_seconds Time to answer a request.\n");
-        out.push_str("# TYPE lambda_http_request_duration_seconds histogram\n");
+        family(
+            &mut out,
+            "lambda_http_request_duration_seconds",
+            "histogram",
+            "Time to answer a request.",
+        );
         for (route, stats) in routes.iter() {
             let labels = format!("route=\"{route}\"");
             stats
@@ -166,8 +180,12 @@ impl Metrics {
                 .write(&mut out, "lambda_http_request_duration_seconds", &labels);
         }
         drop(routes);
-        out.push_str("# HELP lambda_token_cache_total Token checks, answered by the cache (hit) or by identity (miss).\n");
-        out.push_str("# TYPE lambda_token_cache_total counter\n");
+        family(
+            &mut out,
+            "lambda_token_cache_total",
+            "counter",
+            "Token checks, answered by the cache (hit) or by identity (miss).",
+        );
         let _ = writeln!(
             out,
             "lambda_token_cache_total{{result=\"hit\"}} {}",
@@ -178,28 +196,42 @@ impl Metrics {
             "lambda_token_cache_total{{result=\"miss\"}} {}",
             self.token_misses.load(Ordering::Relaxed)
         );
-        out.push_str("# HELP lambda_http_abandoned_connections_total Connections left unanswered: their declared body was too large to drain.\n");
-        out.push_str("# TYPE lambda_http_abandoned_connections_total counter\n");
+        family(
+            &mut out,
+            "lambda_http_abandoned_connections_total",
+            "counter",
+            "Connections left unanswered: their declared body was too large to drain.",
+        );
         let _ = writeln!(
             out,
             "lambda_http_abandoned_connections_total {}",
             self.abandoned.load(Ordering::Relaxed)
         );
-        out.push_str("# HELP lambda_actions Actions not yet finished, by state.\n");
-        out.push_str("# TYPE lambda_actions gauge\n");
+        family(
+            &mut out,
+            "lambda_actions",
+            "gauge",
+            "Actions not yet finished, by state.",
+        );
         let _ = writeln!(out, "lambda_actions{{state=\"queued\"}} {}", gauges.queued);
         let _ = writeln!(
             out,
             "lambda_actions{{state=\"running\"}} {}",
             gauges.running
         );
-        out.push_str("# HELP lambda_queue_wakeups Wake-ups waiting in the worker channel.\n");
-        out.push_str("# TYPE lambda_queue_wakeups gauge\n");
-        let _ = writeln!(out, "lambda_queue_wakeups {}", gauges.channel);
-        out.push_str(
-            "# HELP lambda_actions_finished_total Actions ended by this process, by final state.\n",
+        family(
+            &mut out,
+            "lambda_queue_wakeups",
+            "gauge",
+            "Wake-ups waiting in the worker channel.",
         );
-        out.push_str("# TYPE lambda_actions_finished_total counter\n");
+        let _ = writeln!(out, "lambda_queue_wakeups {}", gauges.channel);
+        family(
+            &mut out,
+            "lambda_actions_finished_total",
+            "counter",
+            "Actions ended by this process, by final state.",
+        );
         let finished = lock(&self.actions_finished);
         for state in ["succeeded", "failed"] {
             let n = finished.get(state).copied().unwrap_or(0);
@@ -209,16 +241,24 @@ impl Metrics {
             );
         }
         drop(finished);
-        out.push_str("# HELP lambda_okeanos_calls_total Calls to ~okeanos, by operation and outcome (HTTP status or transport).\n");
-        out.push_str("# TYPE lambda_okeanos_calls_total counter\n");
+        family(
+            &mut out,
+            "lambda_okeanos_calls_total",
+            "counter",
+            "Calls to ~okeanos, by operation and outcome (HTTP status or transport).",
+        );
         for ((op, outcome), n) in lock(&self.okeanos_calls).iter() {
             let _ = writeln!(
                 out,
                 "lambda_okeanos_calls_total{{op=\"{op}\",outcome=\"{outcome}\"}} {n}"
             );
         }
-        out.push_str("# HELP lambda_okeanos_call_duration_seconds Time of one call to ~okeanos.\n");
-        out.push_str("# TYPE lambda_okeanos_call_duration_seconds histogram\n");
+        family(
+            &mut out,
+            "lambda_okeanos_call_duration_seconds",
+            "histogram",
+            "Time of one call to ~okeanos.",
+        );
         for (op, h) in lock(&self.okeanos_seconds).iter() {
             h.write(
                 &mut out,
