@@ -1252,6 +1252,64 @@ mod tests {
         assert_eq!(store.purge_answers(1, 100).unwrap(), 0);
     }
 
+    /// 16 threads on one instance and 16 on others of their own, each with its connection:
+    /// whatever batches they are committed in, one action per instance, the rest merged.
+    #[test]
+    fn group_commit_decides_each_request_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let mut store = open(&path, Synchronous::Normal).unwrap();
+        let ids: Vec<String> = (0..17)
+            .map(|_| {
+                store
+                    .add_instance("g", OWNER, "m", &[], Status::Stopped)
+                    .unwrap()
+            })
+            .collect();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(32));
+        let threads: Vec<_> = (0..32)
+            .map(|t| {
+                let id = if t % 2 == 0 {
+                    ids[0].clone()
+                } else {
+                    ids[1 + t / 2].clone()
+                };
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut store = open(&path, Synchronous::Normal).unwrap();
+                    barrier.wait();
+                    let r = store.request_action(&id, OWNER, ActionKind::Start, "t", "c");
+                    (id, r.unwrap())
+                })
+            })
+            .collect();
+        let results: Vec<(String, Requested)> =
+            threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let on_shared: Vec<&Requested> = results
+            .iter()
+            .filter(|(id, _)| *id == ids[0])
+            .map(|(_, r)| r)
+            .collect();
+        let created: Vec<&String> = on_shared
+            .iter()
+            .filter_map(|r| match r {
+                Requested::Created(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(created.len(), 1, "{on_shared:?}");
+        for r in &on_shared {
+            assert!(
+                matches!(r, Requested::Created(a) | Requested::Merged(a) if a == created[0]),
+                "{r:?}"
+            );
+        }
+        for (id, r) in results.iter().filter(|(id, _)| *id != ids[0]) {
+            assert!(matches!(r, Requested::Created(_)), "{id}: {r:?}");
+        }
+        assert_eq!(store.live_counts().unwrap(), (17, 0));
+    }
+
     #[test]
     fn release_puts_it_back() {
         let mut store = open_in_memory();
