@@ -32,7 +32,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("http_threads", "8", "threads answering HTTP requests"),
     (
         "max_connections",
-        "512",
+        "1024",
         "open connections past which requests get a fast 503",
     ),
     ("workers", "4", "threads running actions against ~okeanos"),
@@ -118,7 +118,7 @@ impl Default for Config {
             database: PathBuf::from("lambda-api.db"),
             synchronous: Synchronous::Full,
             http_threads: 8,
-            max_connections: 512,
+            max_connections: 1024,
             workers: 4,
             queue_capacity: 1024,
             astakos_url: "https://accounts.okeanos.grnet.gr/identity/v2.0".into(),

@@ -150,3 +150,39 @@ fn an_accepted_action_survives_sigkill() {
         "the default database name is used"
     );
 }
+
+/// Past `max_connections` open connections, requests get a fast 503; once they close, the
+/// service answers again.
+#[test]
+fn too_many_connections_get_a_fast_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        dir.path(),
+        &[
+            ("LAMBDA_API_LISTEN", "127.0.0.1:0"),
+            ("LAMBDA_API_MAX_CONNECTIONS", "20"),
+        ],
+    );
+    let addr = served.base.trim_start_matches("http://").to_string();
+    assert_eq!(get(&format!("{}/healthz", served.base), None).status, 200);
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let r = wait_for("a 503 past the cap", || {
+        let r = get(&format!("{}/healthz", served.base), None);
+        (r.status == 503).then_some(r)
+    });
+    assert_eq!(r.json()["errors"][0]["details"], "service_unavailable");
+    assert!(r.header("retry-after").is_some());
+    drop(idle);
+    // tiny_http keeps an idle connection's thread about five seconds, and every probe is a
+    // connection too: probe slowly, so that the probes do not keep the count up themselves.
+    let started = std::time::Instant::now();
+    while get(&format!("{}/healthz", served.base), None).status != 200 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the service never answered again"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
