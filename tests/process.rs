@@ -151,6 +151,20 @@ fn an_accepted_action_survives_sigkill() {
     );
 }
 
+/// `GET /healthz` on a fresh connection with a 2 s deadline: the status, or None. Under heavy
+/// connection churn tiny_http 0.12 has been seen to leave one new connection unserved; a
+/// probe that meets it is simply tried again.
+fn probe(addr: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
 /// Past `max_connections` open connections, requests get a fast 503; once they close, the
 /// service answers again.
 #[test]
@@ -164,25 +178,24 @@ fn too_many_connections_get_a_fast_503() {
         ],
     );
     let addr = served.base.trim_start_matches("http://").to_string();
-    assert_eq!(get(&format!("{}/healthz", served.base), None).status, 200);
+    assert_eq!(probe(&addr), Some(200));
     let idle: Vec<std::net::TcpStream> = (0..40)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
         .collect();
-    let r = wait_for("a 503 past the cap", || {
-        let r = get(&format!("{}/healthz", served.base), None);
-        (r.status == 503).then_some(r)
-    });
+    // Every probe is a connection too, whose thread lingers about five seconds after it
+    // closes: probe slowly, so that the probes do not keep the count up themselves.
+    let until = |want: u16, what: &str| {
+        let started = std::time::Instant::now();
+        while probe(&addr) != Some(want) {
+            assert!(started.elapsed() < DEADLINE, "never {what}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    until(503, "a 503 past the cap");
+    let r = get(&format!("{}/healthz", served.base), None);
+    assert_eq!(r.status, 503);
     assert_eq!(r.json()["errors"][0]["details"], "service_unavailable");
     assert!(r.header("retry-after").is_some());
     drop(idle);
-    // tiny_http keeps an idle connection's thread about five seconds, and every probe is a
-    // connection too: probe slowly, so that the probes do not keep the count up themselves.
-    let started = std::time::Instant::now();
-    while get(&format!("{}/healthz", served.base), None).status != 200 {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the service never answered again"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    until(200, "answered again once the connections closed");
 }
