@@ -339,6 +339,18 @@ enum Decided {
 }
 
 fn decide(conn: &Connection, instance_id: &str, owner: &str, kind: ActionKind) -> Result<Decided> {
+    Ok(judge(read_snapshot(conn, instance_id, owner)?, kind))
+}
+
+/// What an action request is decided on: the instance's status and its action in flight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    status: Status,
+    /// The live action's id and kind.
+    live: Option<(String, String)>,
+}
+
+fn read_snapshot(conn: &Connection, instance_id: &str, owner: &str) -> Result<Option<Snapshot>> {
     let status: Option<String> = conn
         .prepare_cached(
             "SELECT status FROM lambda_instances
@@ -347,17 +359,27 @@ fn decide(conn: &Connection, instance_id: &str, owner: &str, kind: ActionKind) -
         .query_row(params![instance_id, owner], |r| r.get(0))
         .optional()?;
     let Some(status) = status else {
-        return Ok(Decided::Final(Requested::NotFound));
+        return Ok(None);
     };
-    let status = status_of(status)?;
-    let live: Option<(String, String)> = conn
+    let live = conn
         .prepare_cached(
             "SELECT id, action FROM actions
              WHERE instance_id = ?1 AND state IN ('queued', 'running')",
         )?
         .query_row(params![instance_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    Ok(match verdict(status, kind, live.is_some()) {
+    Ok(Some(Snapshot {
+        status: status_of(status)?,
+        live,
+    }))
+}
+
+/// The state table applied to a snapshot (None: no such instance for this owner).
+fn judge(seen: Option<Snapshot>, kind: ActionKind) -> Decided {
+    let Some(Snapshot { status, live }) = seen else {
+        return Decided::Final(Requested::NotFound);
+    };
+    match verdict(status, kind, live.is_some()) {
         Verdict::Conflict(message) => Decided::Final(Requested::Conflict(message)),
         Verdict::Merge => Decided::Final(match live {
             Some((id, action)) if action == kind.name() => Requested::Merged(id),
@@ -372,7 +394,7 @@ fn decide(conn: &Connection, instance_id: &str, owner: &str, kind: ActionKind) -
         Verdict::Create => Decided::Create {
             stale: live.map(|(id, _)| id),
         },
-    })
+    }
 }
 
 /// An instance's own columns, as `instance_from_row` takes them.
@@ -555,17 +577,11 @@ impl Store {
         row.map(|row| self.instance_from_row(row)).transpose()
     }
 
-    /// Whether `owner` has the instance `id` (not destroyed): the action call's 404 check,
-    /// which needs nothing else of it.
-    pub fn owns(&self, id: &str, owner: &str) -> Result<bool> {
-        let found = self
-            .conn
-            .prepare_cached(
-                "SELECT 1 FROM lambda_instances WHERE id = ?1 AND owner = ?2 AND status <> 'DESTROYED'",
-            )?
-            .query_row(params![id, owner], |_| Ok(()))
-            .optional()?;
-        Ok(found.is_some())
+    /// The instance's status and action in flight, read together, if `owner` has it (and it
+    /// is not destroyed): the action call's 404 check, and what its state table decides on.
+    pub fn snapshot(&mut self, id: &str, owner: &str) -> Result<Option<Snapshot>> {
+        let tx = self.conn.transaction()?;
+        read_snapshot(&tx, id, owner)
     }
 
     /// Every instance, for the command line.
@@ -628,19 +644,17 @@ impl Store {
     /// flight, or refuses. When this returns `Created`, the action is committed.
     pub fn request_action(
         &mut self,
+        seen: Snapshot,
         instance_id: &str,
         owner: &str,
         kind: ActionKind,
         token: &str,
         compute_url: &str,
     ) -> Result<Requested> {
-        // Most repeated requests change nothing (a merge, a conflict): decide on a read
-        // snapshot first, which takes no lock, and lock for writing only to create.
-        {
-            let snapshot = self.conn.transaction()?;
-            if let Decided::Final(answer) = decide(&snapshot, instance_id, owner, kind)? {
-                return Ok(answer);
-            }
+        // Most repeated requests change nothing (a merge, a conflict): they are answered from
+        // the snapshot, which took no lock. Only a new action goes on to be written.
+        if let Decided::Final(answer) = judge(Some(seen), kind) {
+            return Ok(answer);
         }
         // Group commit: queue the request, then wait for the write lock. Whoever holds it
         // commits everything queued in one transaction (one fsync for all), so under load
@@ -1049,10 +1063,17 @@ mod tests {
             .unwrap()
     }
 
+    fn request_as(store: &mut Store, id: &str, owner: &str, kind: ActionKind) -> Requested {
+        match store.snapshot(id, owner).unwrap() {
+            None => Requested::NotFound,
+            Some(seen) => store
+                .request_action(seen, id, owner, kind, "tok", "http://c")
+                .unwrap(),
+        }
+    }
+
     fn request(store: &mut Store, id: &str, kind: ActionKind) -> Requested {
-        store
-            .request_action(id, OWNER, kind, "tok", "http://c")
-            .unwrap()
+        request_as(store, id, OWNER, kind)
     }
 
     fn status(store: &Store, id: &str) -> Status {
@@ -1103,9 +1124,7 @@ mod tests {
             Requested::NotFound
         );
         let id = instance(&mut store, Status::Stopped);
-        let r = store
-            .request_action(&id, "intruder", ActionKind::Start, "t", "c")
-            .unwrap();
+        let r = request_as(&mut store, &id, "intruder", ActionKind::Start);
         assert_eq!(r, Requested::NotFound);
     }
 
@@ -1278,7 +1297,10 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut store = open(&path, Synchronous::Normal).unwrap();
                     barrier.wait();
-                    let r = store.request_action(&id, OWNER, ActionKind::Start, "t", "c");
+                    // Every thread saw the instances STOPPED before any request was made.
+                    let seen = store.snapshot(&id, OWNER).unwrap().unwrap();
+                    barrier.wait();
+                    let r = store.request_action(seen, &id, OWNER, ActionKind::Start, "t", "c");
                     (id, r.unwrap())
                 })
             })

@@ -16,7 +16,7 @@ use crate::auth::{token_from_headers, User};
 use crate::metrics::Gauges;
 use crate::model::{now_ms, rfc3339, ActionKind};
 use crate::okeanos::AuthError;
-use crate::store::{ActionRecord, Instance, Requested, Store, StoredAnswer};
+use crate::store::{ActionRecord, Instance, Requested, Snapshot, Store, StoredAnswer};
 use crate::worker::IDEMPOTENCY_TTL_MS;
 
 const INSTANCE_NOT_FOUND: &str = "The specified lambda instance doesn't exist.";
@@ -409,9 +409,9 @@ fn action_call(
 ) -> Result<Reply, ApiError> {
     let user = &caller.user;
     let key = idempotency_key(head)?;
-    if !store.owns(id, &user.id)? {
-        return Err(ApiError::NotFound(INSTANCE_NOT_FOUND.into()));
-    }
+    let seen = store
+        .snapshot(id, &user.id)?
+        .ok_or_else(|| ApiError::NotFound(INSTANCE_NOT_FOUND.into()))?;
     check_body_head(head, app.max_body_bytes)?;
     let bytes = read_body(body, app.max_body_bytes)?;
     let action = action_field(head.header("content-type"), &bytes)?
@@ -419,7 +419,7 @@ fn action_call(
         .and_then(ActionKind::parse)
         .ok_or_else(|| ApiError::BadRequest(BAD_ACTION.into()))?;
     let Some(key) = key else {
-        return decide(app, store, caller, id, action);
+        return decide(app, store, caller, seen, id, action);
     };
     // The request's identity is what it asks for, not its bytes: curl -F picks a new
     // multipart boundary on every call, and a retry must still match.
@@ -438,7 +438,7 @@ fn action_call(
         }
         return Ok(reply.with_header("Idempotent-Replayed", "true"));
     }
-    let reply = decide(app, store, caller, id, action).unwrap_or_else(|e| e.reply());
+    let reply = decide(app, store, caller, seen, id, action).unwrap_or_else(|e| e.reply());
     // Answers of the state table are kept; a 503 (the database failing) is not an answer.
     if matches!(reply.status, 202 | 409) {
         let answer = StoredAnswer {
@@ -468,31 +468,33 @@ fn idempotency_key(head: &Head) -> Result<Option<&str>, ApiError> {
     Ok(Some(key))
 }
 
-/// The state table, applied and committed; the 202 (with its handle) or the refusal.
+/// The state table, applied to what was `seen` and, for a new action, committed; the 202
+/// (with its handle) or the refusal.
 fn decide(
     app: &App,
     store: &mut Store,
     caller: &Caller,
+    seen: Snapshot,
     id: &str,
     action: ActionKind,
 ) -> Result<Reply, ApiError> {
     let (user, base) = (&caller.user, &caller.base);
-    let action_id =
-        match store.request_action(id, &user.id, action, caller.token, &user.compute_url)? {
-            Requested::NotFound => return Err(ApiError::NotFound(INSTANCE_NOT_FOUND.into())),
-            Requested::Conflict(message) => return Err(ApiError::Conflict(message)),
-            Requested::Merged(action_id) => action_id,
-            Requested::Created(action_id) => {
-                // Committed: the action is safe whether or not this wake-up fits in the channel
-                // (an idle worker finds it in SQLite within a second).
-                let _ = app.wakeups.try_send(action_id.clone());
-                log::info!(
-                    "action {action_id}: {} instance {id} accepted",
-                    action.name()
-                );
-                action_id
-            }
-        };
+    let (token, compute) = (caller.token, &user.compute_url);
+    let action_id = match store.request_action(seen, id, &user.id, action, token, compute)? {
+        Requested::NotFound => return Err(ApiError::NotFound(INSTANCE_NOT_FOUND.into())),
+        Requested::Conflict(message) => return Err(ApiError::Conflict(message)),
+        Requested::Merged(action_id) => action_id,
+        Requested::Created(action_id) => {
+            // Committed: the action is safe whether or not this wake-up fits in the channel
+            // (an idle worker finds it in SQLite within a second).
+            let _ = app.wakeups.try_send(action_id.clone());
+            log::info!(
+                "action {action_id}: {} instance {id} accepted",
+                action.name()
+            );
+            action_id
+        }
+    };
     let location = format!("{base}/api/lambda-instances/{id}/actions/{action_id}/");
     let reply = Reply::json(
         202,
