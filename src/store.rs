@@ -18,7 +18,7 @@ const SCHEMA: &str = include_str!("../schema.sql");
 const SCHEMA_VERSION: i64 = 2;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// SQLite's page cache per connection, in KiB (written negative, as the pragma takes it).
-const CACHE_KIB: i64 = -256;
+const CACHE_KIB: i64 = -128;
 
 /// A database failure. The service answers 503 for it (the database may come back); the
 /// message is for the log.
