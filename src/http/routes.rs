@@ -447,7 +447,11 @@ fn action_call(
             body: String::from_utf8_lossy(&reply.body).into_owned(),
             location: reply.header("location").map(str::to_string),
         };
-        store.store_answer(&user.id, key, &answer, IDEMPOTENCY_TTL_MS)?;
+        // The answer stands even if it cannot be kept: a 202 here means the action is
+        // committed, and answering 503 would tell the client it was not.
+        if let Err(e) = store.store_answer(&user.id, key, &answer, IDEMPOTENCY_TTL_MS) {
+            log::error!("keeping the answer to an Idempotency-Key: {e}");
+        }
     }
     Ok(reply)
 }
