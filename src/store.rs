@@ -1217,7 +1217,6 @@ mod tests {
         };
         let job = store.claim_next(LEASE).unwrap().unwrap();
         store.finish(&job, None).unwrap();
-        std::thread::sleep(Duration::from_millis(2));
         let Requested::Created(second) = request(&mut store, &id, ActionKind::Stop) else {
             panic!()
         };

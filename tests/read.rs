@@ -28,7 +28,6 @@ fn populated() -> (Harness, Vec<String>) {
     let mut mine = Vec::new();
     for status in [Status::Stopped, Status::Started, Status::Failed] {
         mine.push(h.add_instance(status));
-        std::thread::sleep(Duration::from_millis(2));
     }
     h.add_instance(Status::Destroyed);
     h.add_instance_for(OTHER_USER, Status::Stopped);
