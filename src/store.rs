@@ -566,15 +566,35 @@ impl Store {
     /// The instance `id` if `owner` owns it and it is not destroyed; another user's instance
     /// is as absent as a missing one.
     pub fn owned_instance(&self, id: &str, owner: &str) -> Result<Option<Instance>> {
-        let row = self
-            .conn
-            .prepare_cached(
-                "SELECT id, name, owner, status, failure_message, created_at
-                 FROM lambda_instances WHERE id = ?1 AND owner = ?2 AND status <> 'DESTROYED'",
-            )?
-            .query_row(params![id, owner], instance_row)
-            .optional()?;
-        row.map(|row| self.instance_from_row(row)).transpose()
+        // One statement, so one read transaction: a row per VM, the master first.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT i.id, i.name, i.owner, i.status, i.failure_message, i.created_at, s.server_id
+             FROM lambda_instances i LEFT JOIN instance_servers s ON s.instance_id = i.id
+             WHERE i.id = ?1 AND i.owner = ?2 AND i.status <> 'DESTROYED'
+             ORDER BY s.position",
+        )?;
+        let mut rows = stmt.query(params![id, owner])?;
+        let Some(first) = rows.next()? else {
+            return Ok(None);
+        };
+        let (id, name, owner, status, failure_message, created_at) = instance_row(first)?;
+        let Some(master) = first.get::<_, Option<String>>(6)? else {
+            return Err(StoreError(format!("instance {id} has no servers")));
+        };
+        let mut slaves = Vec::new();
+        while let Some(row) = rows.next()? {
+            slaves.push(row.get(6)?);
+        }
+        Ok(Some(Instance {
+            status: status_of(status)?,
+            id,
+            name,
+            owner,
+            failure_message,
+            master,
+            slaves,
+            created_at,
+        }))
     }
 
     /// The instance's status and action in flight, read together, if `owner` has it (and it
