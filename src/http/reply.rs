@@ -1,7 +1,7 @@
 //! What a handler answers: a status, headers and a JSON body, and the one mapping from an
 //! API error to its status and the error body every 4xx/5xx carries.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// A response before it is written.
 #[derive(Debug, Clone, PartialEq)]
@@ -12,11 +12,12 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn json(status: u16, body: &Value) -> Reply {
+    pub fn json(status: u16, body: &impl serde::Serialize) -> Reply {
         Reply {
             status,
             headers: vec![("Content-Type", "application/json".into())],
-            body: body.to_string().into_bytes(),
+            // Serializing plain data to memory cannot fail.
+            body: serde_json::to_vec(body).unwrap_or_default(),
         }
     }
 

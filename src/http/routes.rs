@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use sha2::{Digest, Sha256};
@@ -206,18 +207,23 @@ fn dispatch(
     }
     let (user, token) = authenticate(app, head)?;
     *user_id = Some(user.id.clone());
-    let base = head.base_url(&app.listen);
+    // Only the answers with links need the base URL.
+    let base = || head.base_url(&app.listen);
     match route {
         Route::Authenticate => Ok(Reply::json(
             200,
             &json!({"status": 200, "result": "Success", "data": {"name": user.name}}),
         )),
         Route::Instance(id) if method == "POST" => {
-            let caller = Caller { user, token, base };
+            let caller = Caller {
+                user,
+                token,
+                base: base(),
+            };
             action_call(app, store, head, body, &caller, id)
         }
         Route::Instance(id) => instance_details(store, head, &user, id),
-        Route::Instances => list_instances(store, head, &user, &base),
+        Route::Instances => list_instances(store, head, &user, &base()),
         Route::Count => Ok(Reply::json(
             200,
             &json!({
@@ -225,7 +231,7 @@ fn dispatch(
                 "data": [{"count": store.count_instances(&user.id)?}],
             }),
         )),
-        Route::Actions(id) => list_actions(store, head, &user, id, &base),
+        Route::Actions(id) => list_actions(store, head, &user, id, &base()),
         Route::Action(id, action_id) => {
             owned(store, id, &user)?;
             let record = store
@@ -549,21 +555,57 @@ fn read_body(body: &mut dyn BodySource, max: usize) -> Result<Vec<u8>, ApiError>
     Ok(bytes)
 }
 
-fn status_json(instance: &Instance) -> Value {
-    json!({
-        "message": instance.status.name(),
-        "code": instance.status.code(),
-        "detail": instance.status.detail(),
-        "failure_message": instance.failure_message.as_deref().unwrap_or(""),
-    })
+/// The `status` object of an instance.
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    message: &'static str,
+    code: &'static str,
+    detail: &'static str,
+    failure_message: &'a str,
 }
 
-fn info_json(instance: &Instance) -> Value {
-    json!({
-        "master_server": instance.master,
-        "slave_servers": instance.slaves,
-        "created_at": rfc3339(instance.created_at),
-    })
+impl StatusJson<'_> {
+    fn of(instance: &Instance) -> StatusJson<'_> {
+        StatusJson {
+            message: instance.status.name(),
+            code: instance.status.code(),
+            detail: instance.status.detail(),
+            failure_message: instance.failure_message.as_deref().unwrap_or(""),
+        }
+    }
+}
+
+/// The `info` object of an instance.
+#[derive(Serialize)]
+struct InfoJson<'a> {
+    master_server: &'a str,
+    slave_servers: &'a [String],
+    created_at: String,
+}
+
+/// One instance's details, as the status poll answers them. Serialized straight from the
+/// row: this is the busiest answer of the service.
+#[derive(Serialize)]
+struct DetailsJson<'a> {
+    id: &'a str,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<InfoJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusJson<'a>>,
+}
+
+/// `{"status": {...}, "data": [item]}`, the envelope of a read.
+#[derive(Serialize)]
+struct Described<T> {
+    status: Description,
+    data: [T; 1],
+}
+
+#[derive(Serialize)]
+struct Description {
+    short_description: &'static str,
+    code: u16,
 }
 
 /// `GET /api/lambda-instances/{id}/[?filter=info|status]`.
@@ -576,19 +618,25 @@ fn instance_details(store: &Store, head: &Head, user: &User, id: &str) -> Result
         Some(_) => return Err(ApiError::BadRequest(BAD_FILTER.into())),
     };
     let instance = owned(store, id, user)?;
-    let mut data = json!({"id": instance.id, "name": instance.name});
-    if info {
-        data["info"] = info_json(&instance);
-    }
-    if status {
-        data["status"] = status_json(&instance);
-    }
+    let details = DetailsJson {
+        id: &instance.id,
+        name: &instance.name,
+        info: info.then(|| InfoJson {
+            master_server: &instance.master,
+            slave_servers: &instance.slaves,
+            created_at: rfc3339(instance.created_at),
+        }),
+        status: status.then(|| StatusJson::of(&instance)),
+    };
     Ok(Reply::json(
         200,
-        &json!({
-            "status": {"short_description": "Lambda instance details", "code": 200},
-            "data": [data],
-        }),
+        &Described {
+            status: Description {
+                short_description: "Lambda instance details",
+                code: 200,
+            },
+            data: [details],
+        },
     ))
 }
 
