@@ -243,8 +243,32 @@ fn request_id(head: &Head) -> String {
         {
             id.to_string()
         }
-        _ => uuid::Uuid::new_v4().to_string(),
+        _ => new_request_id(),
     }
+}
+
+/// A new version-4 uuid for a request. Request ids must be unique, not secret, so they come
+/// from a per-thread SplitMix64 stream seeded once from the OS, not from a `getrandom` call
+/// per request.
+fn new_request_id() -> String {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
+    }
+    fn next(state: &Cell<u64>) -> u64 {
+        let s = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(s);
+        let z = (s ^ (s >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let (hi, lo) = STATE.with(|s| (next(s), next(s)));
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&hi.to_be_bytes());
+    bytes[8..].copy_from_slice(&lo.to_be_bytes());
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 fn serve_one(app: &App, store: &mut Store, mut request: tiny_http::Request) {
@@ -374,4 +398,36 @@ fn into_response(reply: Reply) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> 
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_v4_uuids() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..1000).map(|_| new_request_id()).collect::<Vec<_>>()))
+            .collect();
+        let ids: Vec<String> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), 4000);
+        for id in &ids {
+            let u = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(u.get_version_num(), 4, "{id}");
+            assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{id}");
+        }
+    }
+
+    #[test]
+    fn sane_client_ids_are_echoed() {
+        let head = |v: &str| Head::new("GET", "/", vec![("X-Request-Id".into(), v.into())]);
+        assert_eq!(request_id(&head("abc-123_x.y:z")), "abc-123_x.y:z");
+        for bad in ["", "a b", "x\u{e9}", &"a".repeat(129)] {
+            assert_ne!(request_id(&head(bad)), bad);
+        }
+    }
 }
