@@ -1107,6 +1107,29 @@ mod tests {
         store.migrate().unwrap();
     }
 
+    /// The build flags in .cargo/config.toml reached SQLite: without them every connection
+    /// shares one page cache behind a global mutex.
+    #[test]
+    fn sqlite_is_built_without_global_cache_and_memory_statistics() {
+        let store = open_in_memory();
+        let options: Vec<String> = store
+            .conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+    }
+
     #[test]
     fn servers_keep_their_order() {
         let mut store = open_in_memory();
