@@ -142,18 +142,57 @@ pub struct Store {
 struct Shared {
     /// Taken by every write, before `BEGIN IMMEDIATE`.
     writer: Mutex<()>,
-    /// New actions waiting for whoever holds `writer` next to commit them (group commit).
-    pending: Mutex<Vec<Pending>>,
+    /// New actions waiting to be committed together (group commit).
+    queue: Mutex<Queue>,
 }
 
-/// A new action on its way to the database, and where its outcome goes.
+/// The group commit's queue: requests wait here while one of them, the leader, commits.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    /// A leader is committing, or has been named and will take `pending` next.
+    leading: bool,
+}
+
+/// A new action on its way to the database, and where its turn is told.
 struct Pending {
     instance_id: String,
     owner: String,
     kind: ActionKind,
     token: String,
     compute_url: String,
-    outcome: crossbeam_channel::Sender<Result<Requested>>,
+    /// Tells this request apart in the batch its leader takes.
+    ticket: u64,
+    turn: crossbeam_channel::Sender<Turn>,
+}
+
+/// What a queued request is told.
+enum Turn {
+    /// Its batch is committed (or failed): here is its outcome.
+    Done(Result<Requested>),
+    /// It leads the next batch: it takes the queue, itself included, and commits it.
+    Lead,
+}
+
+/// Held by a leader while it commits. However the leader leaves (even by a panic), the
+/// next request in the queue is named leader, or the queue is marked leaderless.
+struct Leading<'s>(&'s Mutex<Queue>);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        let mut queue = lock(self.0);
+        loop {
+            let Some(next) = queue.pending.first() else {
+                queue.leading = false;
+                return;
+            };
+            if next.turn.send(Turn::Lead).is_ok() {
+                return;
+            }
+            // Its requester is gone (it cannot be, as it waits; but never wedge the queue).
+            queue.pending.remove(0);
+        }
+    }
 }
 
 /// A write transaction and the process's write lock for its database. Writers queue on the
@@ -188,7 +227,7 @@ fn shared_for(path: Option<&Path>) -> &'static Shared {
     let new = || -> &'static Shared {
         Box::leak(Box::new(Shared {
             writer: Mutex::new(()),
-            pending: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue::default()),
         }))
     };
     let Some(path) = path else {
@@ -676,29 +715,51 @@ impl Store {
         if let Decided::Final(answer) = judge(Some(seen), kind) {
             return Ok(answer);
         }
-        // Group commit: queue the request, then wait for the write lock. Whoever holds it
-        // commits everything queued in one transaction (one fsync for all), so under load
-        // the commit rate stops bounding the rate of new actions.
-        let (outcome, mine) = crossbeam_channel::bounded(1);
-        lock(&self.shared.pending).push(Pending {
-            instance_id: instance_id.to_string(),
-            owner: owner.to_string(),
-            kind,
-            token: token.to_string(),
-            compute_url: compute_url.to_string(),
-            outcome,
-        });
-        let _writing = lock(&self.shared.writer);
-        if let Ok(done) = mine.try_recv() {
-            return done; // committed by the holder before us
+        // Group commit: the request joins the queue. If no one is committing, it leads:
+        // it takes the whole queue and commits it in one transaction (one fsync for all).
+        // Otherwise it waits to be told its outcome, or that it leads the next batch, made
+        // of everything that queued while the last one committed. Each request is woken
+        // on its own channel as soon as its batch is done.
+        static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let ticket = TICKETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (turn, mine) = crossbeam_channel::bounded(1);
+        let leads = {
+            let mut queue = lock(&self.shared.queue);
+            queue.pending.push(Pending {
+                instance_id: instance_id.to_string(),
+                owner: owner.to_string(),
+                kind,
+                token: token.to_string(),
+                compute_url: compute_url.to_string(),
+                ticket,
+                turn,
+            });
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if !leads {
+            // If the leader fails without an answer (a panic), the channel closes.
+            match mine.recv() {
+                Ok(Turn::Done(outcome)) => return outcome,
+                Ok(Turn::Lead) => {}
+                Err(_) => return Err(StoreError("a queued action request was lost".into())),
+            }
         }
-        let batch = std::mem::take(&mut *lock(&self.shared.pending));
-        let outcomes = self.create_batch(&batch);
-        for (p, o) in batch.iter().zip(outcomes) {
-            let _ = p.outcome.send(o);
+        let leading = Leading(&self.shared.queue);
+        let batch = std::mem::take(&mut lock(&self.shared.queue).pending);
+        let outcomes = {
+            let _writing = lock(&self.shared.writer);
+            self.create_batch(&batch)
+        };
+        let mut own = None;
+        for (p, outcome) in batch.into_iter().zip(outcomes) {
+            if p.ticket == ticket {
+                own = Some(outcome);
+            } else {
+                let _ = p.turn.send(Turn::Done(outcome));
+            }
         }
-        mine.try_recv()
-            .unwrap_or_else(|_| Err(StoreError("a queued action request was lost".into())))
+        drop(leading);
+        own.unwrap_or_else(|| Err(StoreError("a queued action request was lost".into())))
     }
 
     /// Applies the state table to each request of `batch` and creates the due actions, all in
@@ -1311,6 +1372,49 @@ mod tests {
         );
         assert_eq!(store.purge_answers(1, 100).unwrap(), 1);
         assert_eq!(store.purge_answers(1, 100).unwrap(), 0);
+    }
+
+    /// Eight threads making 40 actions each, back to back: leadership passes from batch to
+    /// batch and no request is left waiting (a lost hand-off would hang, hence the deadline).
+    #[test]
+    fn group_commit_hands_the_lead_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let mut store = open(&path, Synchronous::Normal).unwrap();
+        let ids: Vec<Vec<String>> = (0..8)
+            .map(|_| {
+                (0..40)
+                    .map(|_| {
+                        store
+                            .add_instance("h", OWNER, "m", &[], Status::Stopped)
+                            .unwrap()
+                    })
+                    .collect()
+            })
+            .collect();
+        let (done, finished) = crossbeam_channel::unbounded();
+        for mine in ids {
+            let (path, done) = (path.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut store = open(&path, Synchronous::Normal).unwrap();
+                let created = mine
+                    .iter()
+                    .filter(|id| {
+                        let seen = store.snapshot(id, OWNER).unwrap().unwrap();
+                        let r = store.request_action(seen, id, OWNER, ActionKind::Start, "t", "c");
+                        matches!(r, Ok(Requested::Created(_)))
+                    })
+                    .count();
+                let _ = done.send(created);
+            });
+        }
+        for _ in 0..8 {
+            let created = finished
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a request was left waiting");
+            assert_eq!(created, 40);
+        }
+        assert_eq!(store.live_counts().unwrap(), (320, 0));
     }
 
     /// 16 threads on one instance and 16 on others of their own, each with its connection:
