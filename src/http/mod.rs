@@ -8,7 +8,7 @@ pub mod routes;
 
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,6 +34,9 @@ const BUFFERED_BY_TINY_HTTP: u64 = 1024;
 const MAX_DRAIN: u64 = 16 << 20;
 /// Drainer threads at once; past that, the handler drains itself.
 const MAX_DRAINERS: usize = 64;
+/// One response in this many asks its client to close the connection (see
+/// [`Connections::close_due`]).
+const CLOSE_EVERY: u64 = 1000;
 
 /// What every handler thread shares.
 pub struct App {
@@ -70,6 +73,8 @@ static DRAINERS: AtomicUsize = AtomicUsize::new(0);
 pub struct Connections {
     baseline: AtomicUsize,
     sample: std::sync::Mutex<Option<(Instant, usize)>>,
+    /// Responses written, for [`Connections::close_due`].
+    responses: AtomicU64,
 }
 
 impl Connections {
@@ -77,6 +82,16 @@ impl Connections {
     fn set_baseline(&self) {
         self.baseline
             .store(process_threads().unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Whether this response should ask the client to close its connection: one in
+    /// [`CLOSE_EVERY`]. tiny_http 0.12 serves each connection as one task of a thread pool
+    /// whose `spawn` counts idle threads racily: in a burst of new connections, some are
+    /// queued with no thread and wait until a served connection ends, which a busy keep-alive
+    /// client never does. Ending a connection now and then frees a thread within
+    /// milliseconds under load, as nginx's `keepalive_requests` does.
+    fn close_due(&self) -> bool {
+        self.responses.fetch_add(1, Ordering::Relaxed) % CLOSE_EVERY == CLOSE_EVERY - 1
     }
 
     pub fn open(&self) -> usize {
@@ -100,6 +115,7 @@ impl Default for Connections {
         Connections {
             baseline: AtomicUsize::new(usize::MAX),
             sample: std::sync::Mutex::new(None),
+            responses: AtomicU64::new(0),
         }
     }
 }
@@ -289,7 +305,8 @@ fn serve_one(app: &App, store: &mut Store, mut request: tiny_http::Request) {
         request: &mut request,
         touched: false,
     };
-    let (reply, route, user) = if app.connections.open() > app.max_connections {
+    let overloaded = app.connections.open() > app.max_connections;
+    let (reply, route, user) = if overloaded {
         let e = ApiError::Unavailable("Too many connections; try again later.".into());
         (e.reply(), "overload", None)
     } else {
@@ -319,10 +336,15 @@ fn serve_one(app: &App, store: &mut Store, mut request: tiny_http::Request) {
         route,
         user.as_deref().unwrap_or("-")
     );
-    let response = into_response(reply.with_header("X-Request-Id", id));
+    let reply = reply.with_header("X-Request-Id", id);
     match unread_body(&head, touched) {
-        0 => respond(request, response),
+        // An overloaded service also sheds the connection of a client it turns away.
+        0 if overloaded || app.connections.close_due() => {
+            respond_closing(request, &reply, head.method == "HEAD")
+        }
+        0 => respond(request, into_response(reply)),
         n if n <= MAX_DRAIN => {
+            let response = into_response(reply);
             // Dropping the request drains the body: off this thread, so that a client that
             // declares a body and never sends it holds a drainer, not a handler.
             if DRAINERS.fetch_add(1, Ordering::SeqCst) < MAX_DRAINERS {
@@ -352,7 +374,7 @@ fn serve_one(app: &App, store: &mut Store, mut request: tiny_http::Request) {
                 head.path
             );
             app.metrics.abandoned_connection();
-            drop(response);
+            drop(reply);
             std::mem::forget(request);
         }
     }
@@ -385,6 +407,39 @@ fn respond(request: tiny_http::Request, response: tiny_http::Response<std::io::C
         Ok(Ok(())) => {}
         Ok(Err(e)) => log::debug!("writing a response: {e}"),
         Err(_) => error!("writing a response: tiny_http panicked while draining a body"),
+    }
+}
+
+/// Writes a response with `Connection: close`. tiny_http drops that header from a
+/// `Response`, so this one is written by hand on the request's raw writer, with the headers
+/// tiny_http would add (`Date`, `Content-Length`). The client closes the connection on
+/// reading it; one that sends another request anyway is still served.
+fn respond_closing(request: tiny_http::Request, reply: &Reply, head_only: bool) {
+    use std::io::Write;
+    let reason = tiny_http::StatusCode(reply.status).default_reason_phrase();
+    let mut out = Vec::with_capacity(256 + reply.body.len());
+    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", reply.status);
+    for (name, value) in &reply.headers {
+        // As in into_response: a value that cannot be a header is left out.
+        if value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+    }
+    let _ = write!(
+        out,
+        "Date: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+        reply.body.len()
+    );
+    if !head_only {
+        out.extend_from_slice(&reply.body);
+    }
+    let mut writer = request.into_writer();
+    if let Err(e) = writer.write_all(&out).and_then(|()| writer.flush()) {
+        log::debug!("writing a response: {e}");
     }
 }
 
