@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lambda_api::http::reply::Reply;
+use lambda_api::http::{respond_closing, KeepAlive};
 use lambda_api::model::Status;
 use lambda_api::store::{self, Synchronous};
 use serde_json::{json, Value};
@@ -52,16 +54,28 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
-/// The static ceiling: tiny_http answering a fixed 202 body, nothing else.
+/// The static ceiling: tiny_http answering a fixed 202 body, nothing else. It ends
+/// keep-alive connections as the service does (one response in 1 000), so that both meet
+/// tiny_http's pool the same way.
 fn ceiling(listen: &str, threads: usize) {
     let server = std::sync::Arc::new(tiny_http::Server::http(listen).expect("bind"));
+    let keep_alive = std::sync::Arc::new(KeepAlive::default());
     println!("listening on http://{}", server.server_addr());
     let body = br#"{"status":{"code":202,"short-description":"Your request has been accepted"}}"#;
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let server = server.clone();
+            let (server, keep_alive) = (server.clone(), keep_alive.clone());
             std::thread::spawn(move || loop {
                 if let Ok(r) = server.recv() {
+                    if keep_alive.close_due() {
+                        let reply = Reply {
+                            status: 202,
+                            headers: vec![("Content-Type", "application/json".into())],
+                            body: body.to_vec(),
+                        };
+                        respond_closing(r, &reply, false);
+                        continue;
+                    }
                     let h =
                         tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
                     let _ = r.respond(

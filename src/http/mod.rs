@@ -73,8 +73,26 @@ static DRAINERS: AtomicUsize = AtomicUsize::new(0);
 pub struct Connections {
     baseline: AtomicUsize,
     sample: std::sync::Mutex<Option<(Instant, usize)>>,
-    /// Responses written, for [`Connections::close_due`].
+    keep_alive: KeepAlive,
+}
+
+/// When to end a keep-alive connection: one response in [`CLOSE_EVERY`] asks its client to
+/// close. tiny_http 0.12 serves each connection as one task of a thread pool whose `spawn`
+/// counts idle threads racily: in a burst of new connections, some are queued with no
+/// thread and wait until a served connection ends, which a busy keep-alive client never
+/// does. Ending a connection now and then frees a thread within milliseconds under load, as
+/// nginx's `keepalive_requests` does. (Public for the benchmark's bare responder, which
+/// must serve connections the same way.)
+#[derive(Default)]
+pub struct KeepAlive {
     responses: AtomicU64,
+}
+
+impl KeepAlive {
+    /// Counts a response; true if it is to ask the client to close.
+    pub fn close_due(&self) -> bool {
+        self.responses.fetch_add(1, Ordering::Relaxed) % CLOSE_EVERY == CLOSE_EVERY - 1
+    }
 }
 
 impl Connections {
@@ -82,16 +100,6 @@ impl Connections {
     fn set_baseline(&self) {
         self.baseline
             .store(process_threads().unwrap_or(0), Ordering::SeqCst);
-    }
-
-    /// Whether this response should ask the client to close its connection: one in
-    /// [`CLOSE_EVERY`]. tiny_http 0.12 serves each connection as one task of a thread pool
-    /// whose `spawn` counts idle threads racily: in a burst of new connections, some are
-    /// queued with no thread and wait until a served connection ends, which a busy keep-alive
-    /// client never does. Ending a connection now and then frees a thread within
-    /// milliseconds under load, as nginx's `keepalive_requests` does.
-    fn close_due(&self) -> bool {
-        self.responses.fetch_add(1, Ordering::Relaxed) % CLOSE_EVERY == CLOSE_EVERY - 1
     }
 
     pub fn open(&self) -> usize {
@@ -115,7 +123,7 @@ impl Default for Connections {
         Connections {
             baseline: AtomicUsize::new(usize::MAX),
             sample: std::sync::Mutex::new(None),
-            responses: AtomicU64::new(0),
+            keep_alive: KeepAlive::default(),
         }
     }
 }
@@ -339,7 +347,7 @@ fn serve_one(app: &App, store: &mut Store, mut request: tiny_http::Request) {
     let reply = reply.with_header("X-Request-Id", id);
     match unread_body(&head, touched) {
         // An overloaded service also sheds the connection of a client it turns away.
-        0 if overloaded || app.connections.close_due() => {
+        0 if overloaded || app.connections.keep_alive.close_due() => {
             respond_closing(request, &reply, head.method == "HEAD")
         }
         0 => respond(request, into_response(reply)),
@@ -414,7 +422,7 @@ fn respond(request: tiny_http::Request, response: tiny_http::Response<std::io::C
 /// `Response`, so this one is written by hand on the request's raw writer, with the headers
 /// tiny_http would add (`Date`, `Content-Length`). The client closes the connection on
 /// reading it; one that sends another request anyway is still served.
-fn respond_closing(request: tiny_http::Request, reply: &Reply, head_only: bool) {
+pub fn respond_closing(request: tiny_http::Request, reply: &Reply, head_only: bool) {
     use std::io::Write;
     let reason = tiny_http::StatusCode(reply.status).default_reason_phrase();
     let mut out = Vec::with_capacity(256 + reply.body.len());
