@@ -445,9 +445,15 @@ pub fn respond_closing(request: tiny_http::Request, reply: &Reply, head_only: bo
     if !head_only {
         out.extend_from_slice(&reply.body);
     }
-    let mut writer = request.into_writer();
-    if let Err(e) = writer.write_all(&out).and_then(|()| writer.flush()) {
-        log::debug!("writing a response: {e}");
+    // As in respond: a panic while tiny_http drains the rest of the request is contained.
+    let written = catch_unwind(AssertUnwindSafe(move || {
+        let mut writer = request.into_writer();
+        writer.write_all(&out).and_then(|()| writer.flush())
+    }));
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::debug!("writing a response: {e}"),
+        Err(_) => error!("writing a response: tiny_http panicked while draining a body"),
     }
 }
 
