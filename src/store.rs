@@ -455,6 +455,21 @@ fn instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
     ))
 }
 
+/// An instance from its row and its VMs.
+fn with_servers(row: InstanceRow, master: String, slaves: Vec<String>) -> Result<Instance> {
+    let (id, name, owner, status, failure_message, created_at) = row;
+    Ok(Instance {
+        status: status_of(status)?,
+        id,
+        name,
+        owner,
+        failure_message,
+        master,
+        slaves,
+        created_at,
+    })
+}
+
 fn action_from_row(r: &rusqlite::Row) -> rusqlite::Result<ActionRecord> {
     Ok(ActionRecord {
         id: r.get(0)?,
@@ -592,18 +607,8 @@ impl Store {
     }
 
     fn instance_from_row(&self, row: InstanceRow) -> Result<Instance> {
-        let (id, name, owner, status, failure_message, created_at) = row;
-        let (master, slaves) = self.servers(&id)?;
-        Ok(Instance {
-            status: status_of(status)?,
-            id,
-            name,
-            owner,
-            failure_message,
-            master,
-            slaves,
-            created_at,
-        })
+        let (master, slaves) = self.servers(&row.0)?;
+        with_servers(row, master, slaves)
     }
 
     /// The instance `id` if `owner` owns it and it is not destroyed; another user's instance
@@ -620,24 +625,15 @@ impl Store {
         let Some(first) = rows.next()? else {
             return Ok(None);
         };
-        let (id, name, owner, status, failure_message, created_at) = instance_row(first)?;
+        let row = instance_row(first)?;
         let Some(master) = first.get::<_, Option<String>>(6)? else {
-            return Err(StoreError(format!("instance {id} has no servers")));
+            return Err(StoreError(format!("instance {} has no servers", row.0)));
         };
         let mut slaves = Vec::new();
-        while let Some(row) = rows.next()? {
-            slaves.push(row.get(6)?);
+        while let Some(r) = rows.next()? {
+            slaves.push(r.get(6)?);
         }
-        Ok(Some(Instance {
-            status: status_of(status)?,
-            id,
-            name,
-            owner,
-            failure_message,
-            master,
-            slaves,
-            created_at,
-        }))
+        with_servers(row, master, slaves).map(Some)
     }
 
     /// The instance's status and action in flight, read together, if `owner` has it (and it
