@@ -322,6 +322,14 @@ fn wrk_best(
     })
 }
 
+/// `wrk -t threads -c conns -d secs`, for the caller to add the rest.
+fn wrk_command(threads: usize, conns: usize, secs: u64) -> Command {
+    let mut wrk = Command::new("wrk");
+    wrk.args(["-t", &threads.to_string(), "-c", &conns.to_string()])
+        .args(["-d", &format!("{secs}s")]);
+    wrk
+}
+
 /// Runs wrk against `base` over the (token, path) lines of `data`, expecting `expected`.
 fn wrk(
     work: &Path,
@@ -341,32 +349,14 @@ fn wrk(
     // response in 1 000 ends its connection): at 128 connections that took up to 1.4 s from
     // a cold pool. A two-second warm-up at the same connection count grows the pool first,
     // so the measurement sees the steady state. It writes nothing.
-    Command::new("wrk")
-        .args([
-            "-t",
-            &threads.to_string(),
-            "-c",
-            &conns.to_string(),
-            "-d",
-            "2s",
-        ])
+    wrk_command(threads, conns, 2)
         .arg(format!("{base}/healthz"))
         .output()
         .map_err(err("wrk (make bench installs it)"))?;
     // Each wrk thread takes every `threads`-th line, so no line is used twice before the
     // list wraps (the write path needs a fresh instance per request).
-    let out = Command::new("wrk")
-        .args([
-            "-t",
-            &threads.to_string(),
-            "-c",
-            &conns.to_string(),
-            "-d",
-            &format!("{secs}s"),
-            "--timeout",
-            "5s",
-        ])
-        .arg("-s")
+    let out = wrk_command(threads, conns, secs)
+        .args(["--timeout", "5s", "-s"])
         .arg(&script)
         .arg(base)
         .args(["--", method, &expected.to_string()])
