@@ -13,11 +13,19 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(status: u16, body: &impl serde::Serialize) -> Reply {
-        Reply {
-            status,
-            headers: vec![("Content-Type", "application/json".into())],
-            // Serializing plain data to memory cannot fail.
-            body: serde_json::to_vec(body).unwrap_or_default(),
+        match serde_json::to_vec(body) {
+            Ok(body) => Reply {
+                status,
+                headers: vec![("Content-Type", "application/json".into())],
+                body,
+            },
+            // Plain data always serializes; if a type ever does not, that is a bug: a 500
+            // with a log line, never a 200 with an empty body. (The 500's own body is a
+            // `Value` of strings, which cannot fail.)
+            Err(e) => {
+                log::error!("serializing a {status} reply: {e}");
+                ApiError::Internal.reply()
+            }
         }
     }
 
@@ -139,6 +147,15 @@ impl From<crate::store::StoreError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_that_cannot_be_serialized_is_a_500() {
+        // JSON object keys must be strings: a map keyed by pairs cannot be written.
+        let body: std::collections::BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let reply = Reply::json(200, &body);
+        assert_eq!(reply.status, 500);
+        assert_eq!(reply, ApiError::Internal.reply());
+    }
 
     #[test]
     fn unauthorized_is_the_authentication_page_body() {
