@@ -62,6 +62,7 @@ impl Service {
         let app = Arc::new(App {
             max_connections: config.max_connections,
             connections: http::Connections::default(),
+            keep_alive: http::KeepAlive::default(),
             auth: Authenticator::new(
                 client,
                 &config.astakos_url,

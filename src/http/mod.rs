@@ -34,8 +34,7 @@ const BUFFERED_BY_TINY_HTTP: u64 = 1024;
 const MAX_DRAIN: u64 = 16 << 20;
 /// Drainer threads at once; past that, the handler drains itself.
 const MAX_DRAINERS: usize = 64;
-/// One response in this many asks its client to close the connection (see
-/// [`Connections::close_due`]).
+/// One response in this many asks its client to close the connection (see [`KeepAlive`]).
 const CLOSE_EVERY: u64 = 1000;
 
 /// What every handler thread shares.
@@ -44,6 +43,8 @@ pub struct App {
     /// Open connections past which a request gets a fast 503.
     pub max_connections: usize,
     pub connections: Connections,
+    /// Which responses end their keep-alive connection.
+    pub keep_alive: KeepAlive,
     pub wakeups: Sender<String>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
@@ -73,7 +74,6 @@ static DRAINERS: AtomicUsize = AtomicUsize::new(0);
 pub struct Connections {
     baseline: AtomicUsize,
     sample: std::sync::Mutex<Option<(Instant, usize)>>,
-    keep_alive: KeepAlive,
 }
 
 /// When to end a keep-alive connection: one response in [`CLOSE_EVERY`] asks its client to
@@ -123,7 +123,6 @@ impl Default for Connections {
         Connections {
             baseline: AtomicUsize::new(usize::MAX),
             sample: std::sync::Mutex::new(None),
-            keep_alive: KeepAlive::default(),
         }
     }
 }
@@ -347,7 +346,7 @@ fn serve_one(app: &App, store: &mut Store, mut request: tiny_http::Request) {
     let reply = reply.with_header("X-Request-Id", id);
     match unread_body(&head, touched) {
         // An overloaded service also sheds the connection of a client it turns away.
-        0 if overloaded || app.connections.keep_alive.close_due() => {
+        0 if overloaded || app.keep_alive.close_due() => {
             respond_closing(request, &reply, head.method == "HEAD")
         }
         0 => respond(request, into_response(reply)),
