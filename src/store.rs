@@ -1169,9 +1169,9 @@ mod tests {
     }
 
     /// The build flags in .cargo/config.toml reached SQLite: without them every connection
-    /// shares one page cache behind a global mutex.
+    /// shares one page cache behind a global mutex, and holds more memory.
     #[test]
-    fn sqlite_is_built_without_global_cache_and_memory_statistics() {
+    fn sqlite_is_built_with_the_flags_of_cargo_config() {
         let store = open_in_memory();
         let options: Vec<String> = store
             .conn
@@ -1185,10 +1185,13 @@ mod tests {
             !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
             "{options:?}"
         );
-        assert!(
-            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
-            "{options:?}"
-        );
+        for wanted in [
+            "DEFAULT_MEMSTATUS=0",
+            "DEFAULT_LOOKASIDE=1200,10",
+            "DEFAULT_PCACHE_INITSZ=0",
+        ] {
+            assert!(options.iter().any(|o| o == wanted), "{wanted}: {options:?}");
+        }
     }
 
     #[test]
