@@ -18,11 +18,11 @@ PROXY     ?= 127.0.0.1:8443
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-build: ## debug build of lambda-api and okeanos-sim
-	$(CARGO) build --locked
+build: ## debug build of every package: lambda-api, okeanos-sim, lambda-bench
+	$(CARGO) build --locked --workspace
 
-release: ## optimised build
-	$(CARGO) build --locked --release
+release: ## optimised build of every package
+	$(CARGO) build --locked --workspace --release
 
 run: release ## run the simulator and the service on loopback with a fresh demo instance
 	@mkdir -p $(RUN_DIR)
@@ -69,11 +69,12 @@ smoke: ## drive a running `make run` with curl: 401, 404, 400, start → STARTED
 	@bash .ci/smoke "http://$(LISTEN)" "$$(cat $(RUN_DIR)/instance-id)" "$(DEMO_TOKEN)"
 
 lint: ## formatting and clippy, warnings as errors
-	$(CARGO) fmt --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-unit: ## unit and integration tests
-	$(CARGO) test --locked --lib --bins --test tests
+unit: ## unit tests of every package, then the service's integration tests
+	$(CARGO) test --locked --workspace --lib --bins
+	$(CARGO) test --locked --test tests
 
 test-hostile: nginx ## hostile clients against the service and through nginx (installs nginx)
 	PATH=$$PATH:/usr/sbin $(CARGO) test --locked --test hostile -- --test-threads 1

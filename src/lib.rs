@@ -13,7 +13,6 @@ pub mod metrics;
 pub mod model;
 pub mod okeanos;
 pub mod shutdown;
-pub mod sim;
 pub mod store;
 pub mod worker;
 

@@ -2,7 +2,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use lambda_api::model::Status;
-use lambda_api::sim::{Faults, Sim};
+use okeanos_sim::{Faults, Sim};
 use serde_json::Value;
 
 use crate::support::process::*;

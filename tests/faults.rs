@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use lambda_api::model::Status;
-use lambda_api::sim::Faults;
+use okeanos_sim::Faults;
 use serde_json::Value;
 
 use crate::support::*;

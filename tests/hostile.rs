@@ -18,7 +18,7 @@ use support::*;
 
 /// The service, the simulator, and nginx in front.
 struct Front {
-    sim: lambda_api::sim::Sim,
+    sim: okeanos_sim::Sim,
     _dir: tempfile::TempDir,
     service: Served,
     direct: SocketAddr,

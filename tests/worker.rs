@@ -2,7 +2,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use lambda_api::model::Status;
-use lambda_api::sim::Faults;
+use okeanos_sim::Faults;
 
 use crate::support::*;
 

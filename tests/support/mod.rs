@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use lambda_api::config::Config;
 use lambda_api::model::Status;
-use lambda_api::sim::{demo_fixture, Faults, Sim, SimConfig};
 use lambda_api::Service;
+use okeanos_sim::{demo_fixture, Faults, Sim, SimConfig};
 use serde_json::Value;
 
 pub const TOKEN: &str = "demo-token-tJ3b3f32f23ceuqdoS";

@@ -1,10 +1,10 @@
-//! `okeanos-sim`: runs the Synnefo simulator of `lambda_api::sim` until killed.
+//! `okeanos-sim`: runs the Synnefo simulator of the `okeanos_sim` library until killed.
 
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
 
-use lambda_api::sim::{demo_fixture, Faults, Fixture, Sim, SimConfig};
+use okeanos_sim::{demo_fixture, Faults, Fixture, Sim, SimConfig};
 
 const USAGE: &str = "\
 okeanos-sim: a small ~okeanos (Synnefo) simulator: identity tokens and Cyclades servers

@@ -10,26 +10,31 @@
 
 #![forbid(unsafe_code)]
 
+mod ceiling;
+mod load;
+mod procs;
+
+use ceiling::{ceiling, commit_ceiling};
+use load::{write_lines, wrk, wrk_best};
+use procs::{agent, free_addr, token, user_id, write_fixture, Bin, Proc};
+
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lambda_api::http::reply::Reply;
-use lambda_api::http::{respond_closing, KeepAlive};
 use lambda_api::model::Status;
 use lambda_api::store::{self, Synchronous};
-use serde_json::{json, Value};
 
-const USERS: usize = 100;
-const INSTANCES: usize = 10_000;
-const MERGED: usize = 1_000;
-const STARTED: usize = 1_000;
-const HTTP_THREADS: usize = 8;
-const CONNECTIONS: [usize; 3] = [1, 32, 128];
+pub(crate) const USERS: usize = 100;
+pub(crate) const INSTANCES: usize = 10_000;
+pub(crate) const MERGED: usize = 1_000;
+pub(crate) const STARTED: usize = 1_000;
+pub(crate) const HTTP_THREADS: usize = 8;
+pub(crate) const CONNECTIONS: [usize; 3] = [1, 32, 128];
 /// Seconds of each wrk run.
-const RUN_SECS: u64 = 3;
-const WORKER_ACTIONS: usize = 500;
+pub(crate) const RUN_SECS: u64 = 3;
+pub(crate) const WORKER_ACTIONS: usize = 500;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,362 +59,10 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
-/// The static ceiling: tiny_http answering a fixed 202 body, nothing else. It ends
-/// keep-alive connections as the service does (one response in 1 000), so that both meet
-/// tiny_http's pool the same way.
-fn ceiling(listen: &str, threads: usize) {
-    let server = std::sync::Arc::new(tiny_http::Server::http(listen).expect("bind"));
-    let keep_alive = std::sync::Arc::new(KeepAlive::default());
-    println!("listening on http://{}", server.server_addr());
-    let body = br#"{"status":{"code":202,"short-description":"Your request has been accepted"}}"#;
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (server, keep_alive) = (server.clone(), keep_alive.clone());
-            std::thread::spawn(move || loop {
-                if let Ok(r) = server.recv() {
-                    if keep_alive.close_due() {
-                        let reply = Reply {
-                            status: 202,
-                            headers: vec![("Content-Type", "application/json".into())],
-                            body: body.to_vec(),
-                        };
-                        respond_closing(r, &reply, false);
-                        continue;
-                    }
-                    let h =
-                        tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
-                    let _ = r.respond(
-                        tiny_http::Response::from_data(&body[..])
-                            .with_status_code(202)
-                            .with_header(h),
-                    );
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        let _ = h.join();
-    }
-}
+pub(crate) type Res<T> = Result<T, String>;
 
-type Res<T> = Result<T, String>;
-
-fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+pub(crate) fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |e| format!("{what}: {e}")
-}
-
-/// A child process, killed (and waited for) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn status_field(&self, name: &str) -> u64 {
-        let text =
-            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-fn free_addr() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .new_agent()
-}
-
-fn wait_ready(url: &str, deadline: Duration) -> Res<Duration> {
-    let started = Instant::now();
-    let agent = agent();
-    loop {
-        if let Ok(r) = agent.get(url).call() {
-            if r.status() == 200 {
-                return Ok(started.elapsed());
-            }
-        }
-        if started.elapsed() > deadline {
-            return Err(format!("{url} never answered 200"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-fn token(user: usize) -> String {
-    format!("bench-token-{user:03}")
-}
-
-fn user_id(user: usize) -> String {
-    format!("00000000-0000-4000-8000-{user:012}")
-}
-
-/// A simulator fixture: `USERS` users, each with the VMs `vms(user)` lists.
-fn write_fixture(path: &Path, vms: &dyn Fn(usize) -> Vec<String>) -> Res<()> {
-    let users: Vec<Value> = (0..USERS)
-        .map(|u| json!({"id": user_id(u), "name": format!("user{u}"), "tokens": [token(u)]}))
-        .collect();
-    let servers: Vec<Value> = (0..USERS)
-        .flat_map(|u| {
-            vms(u)
-                .into_iter()
-                .map(move |id| json!({"id": id, "owner": user_id(u), "status": "STOPPED"}))
-        })
-        .collect();
-    std::fs::write(
-        path,
-        json!({"users": users, "servers": servers}).to_string(),
-    )
-    .map_err(err("fixture"))
-}
-
-struct Bin {
-    dir: PathBuf,
-}
-
-impl Bin {
-    fn sim(&self, fixture: &Path, transition_ms: u64) -> Res<(Proc, String)> {
-        let addr = free_addr();
-        let child = Command::new(self.dir.join("okeanos-sim"))
-            .args([
-                "--listen",
-                &addr,
-                "--threads",
-                "8",
-                "--transition-ms",
-                &transition_ms.to_string(),
-            ])
-            .arg("--fixture")
-            .arg(fixture)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(err("okeanos-sim"))?;
-        let p = Proc(child);
-        wait_ready(
-            &format!("http://{addr}/_sim/faults"),
-            Duration::from_secs(10),
-        )?;
-        Ok((p, addr))
-    }
-
-    fn service(
-        &self,
-        db: &Path,
-        sim: &str,
-        workers: usize,
-        poll_ms: u64,
-    ) -> Res<(Proc, String, Duration)> {
-        let addr = free_addr();
-        let started = Instant::now();
-        let child = Command::new(self.dir.join("lambda-api"))
-            .arg("serve")
-            .env("LAMBDA_API_LISTEN", &addr)
-            .env("LAMBDA_API_DATABASE", db)
-            .env(
-                "LAMBDA_API_ASTAKOS_URL",
-                format!("http://{sim}/identity/v2.0"),
-            )
-            .env("LAMBDA_API_WORKERS", workers.to_string())
-            .env("LAMBDA_API_HTTP_THREADS", HTTP_THREADS.to_string())
-            .env("LAMBDA_API_POLL_INTERVAL_MS", poll_ms.to_string())
-            .env("LAMBDA_API_SHUTDOWN_GRACE_SECS", "0")
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(err("lambda-api"))?;
-        let p = Proc(child);
-        let ready = wait_ready(&format!("http://{addr}/healthz"), Duration::from_secs(30))?;
-        let _ = started;
-        Ok((p, addr, ready))
-    }
-}
-
-/// One wrk run's figures.
-#[derive(Debug, Default, Clone)]
-struct Run {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    bad: u64,
-    errors: u64,
-    wrapped: u64,
-}
-
-const SCRIPT: &str = r#"
-local threads = {}
-local counter = 0
-function setup(thread)
-  thread:set("tid", counter)
-  counter = counter + 1
-  table.insert(threads, thread)
-end
-function init(args)
-  method, expected, data = args[1], tonumber(args[2]), args[3]
-  list, n = {}, 0
-  for line in io.lines(data) do
-    local tok, path = line:match("(%S+) (%S+)")
-    n = n + 1
-    list[n] = {tok, path}
-  end
-  step = tonumber(args[4])
-  i = (tid % n) + 1
-  ok, bad, wrapped = 0, 0, 0
-end
-function request()
-  local e = list[i]
-  i = i + step
-  if i > n then i = ((i - 1) % n) + 1; wrapped = wrapped + 1 end
-  if method == "POST" then
-    return wrk.format("POST", e[2], {["X-Auth-Token"] = e[1],
-      ["Content-Type"] = "application/x-www-form-urlencoded"}, "action=start")
-  end
-  return wrk.format("GET", e[2], {["X-Auth-Token"] = e[1]})
-end
-function response(status, headers, body)
-  if status == expected then ok = ok + 1 else bad = bad + 1 end
-end
-function done(summary, latency, requests)
-  local o, b, w = 0, 0, 0
-  for _, t in ipairs(threads) do
-    o = o + t:get("ok"); b = b + t:get("bad"); w = w + t:get("wrapped")
-  end
-  local e = summary.errors
-  io.write(string.format('RESULT {"requests":%d,"duration_us":%d,"ok":%d,"bad":%d,"errors":%d,"p50_us":%d,"p99_us":%d,"wrapped":%d}\n',
-    summary.requests, summary.duration, o, b, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99), w))
-end
-"#;
-
-/// `wrk` for a read-only scenario: with many connections, the better of two runs. A run
-/// caught by tiny_http's pool stall (see `wrk`) shows as a fraction of the rate with a
-/// one-connection latency; the stall only ever lowers a figure, so the better run is the
-/// machine's figure.
-fn wrk_best(
-    work: &Path,
-    base: &str,
-    method: &str,
-    expected: u16,
-    data: &Path,
-    conns: usize,
-) -> Res<Run> {
-    let first = wrk(work, base, method, expected, data, conns, RUN_SECS)?;
-    if conns == 1 {
-        return Ok(first);
-    }
-    let second = wrk(work, base, method, expected, data, conns, RUN_SECS)?;
-    Ok(if second.rps > first.rps {
-        second
-    } else {
-        first
-    })
-}
-
-/// `wrk -t threads -c conns -d secs`, for the caller to add the rest.
-fn wrk_command(threads: usize, conns: usize, secs: u64) -> Command {
-    let mut wrk = Command::new("wrk");
-    wrk.args(["-t", &threads.to_string(), "-c", &conns.to_string()])
-        .args(["-d", &format!("{secs}s")]);
-    wrk
-}
-
-/// Runs wrk against `base` over the (token, path) lines of `data`, expecting `expected`.
-fn wrk(
-    work: &Path,
-    base: &str,
-    method: &str,
-    expected: u16,
-    data: &Path,
-    conns: usize,
-    secs: u64,
-) -> Res<Run> {
-    let script = work.join("bench.lua");
-    std::fs::write(&script, SCRIPT).map_err(err("script"))?;
-    let threads = conns.min(2);
-    // tiny_http 0.12 runs each connection as one task of a thread pool, and a burst of new
-    // connections can queue behind busy ones until the pool has grown (its spawn counts
-    // waiting threads racily). Such a connection waits until a served one ends (one
-    // response in 1 000 ends its connection): at 128 connections that took up to 1.4 s from
-    // a cold pool. A two-second warm-up at the same connection count grows the pool first,
-    // so the measurement sees the steady state. It writes nothing.
-    wrk_command(threads, conns, 2)
-        .arg(format!("{base}/healthz"))
-        .output()
-        .map_err(err("wrk (make bench installs it)"))?;
-    // Each wrk thread takes every `threads`-th line, so no line is used twice before the
-    // list wraps (the write path needs a fresh instance per request).
-    let out = wrk_command(threads, conns, secs)
-        .args(["--timeout", "5s", "-s"])
-        .arg(&script)
-        .arg(base)
-        .args(["--", method, &expected.to_string()])
-        .arg(data)
-        .arg(threads.to_string())
-        .output()
-        .map_err(err("wrk (make bench installs it)"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .ok_or_else(|| format!("wrk said: {text}{}", String::from_utf8_lossy(&out.stderr)))?;
-    let v: Value = serde_json::from_str(line).map_err(err("wrk result"))?;
-    let n = |k: &str| v[k].as_u64().unwrap_or(0);
-    if n("ok") == 0 {
-        return Err(format!(
-            "no {expected} among the answers to {method} over {}: {line}",
-            data.display()
-        ));
-    }
-    Ok(Run {
-        rps: n("requests") as f64 / (n("duration_us") as f64 / 1e6),
-        p50_ms: n("p50_us") as f64 / 1000.0,
-        p99_ms: n("p99_us") as f64 / 1000.0,
-        bad: n("bad"),
-        errors: n("errors"),
-        wrapped: n("wrapped"),
-    })
-}
-
-fn write_lines(path: &Path, lines: impl Iterator<Item = String>) -> Res<()> {
-    let text: String = lines.map(|l| l + "\n").collect();
-    std::fs::write(path, text).map_err(err("data file"))
-}
-
-/// Single-connection commits per second on `dir`'s disk: one row per `BEGIN IMMEDIATE`.
-fn commit_ceiling(dir: &Path, synchronous: Synchronous) -> Res<f64> {
-    let path = dir.join("commit-probe.db");
-    let conn = rusqlite::Connection::open(&path).map_err(err("probe"))?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(err("probe"))?;
-    conn.pragma_update(None, "synchronous", synchronous.name())
-        .map_err(err("probe"))?;
-    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-        .map_err(err("probe"))?;
-    let started = Instant::now();
-    let mut n = 0u64;
-    while started.elapsed() < Duration::from_secs(2) {
-        conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO t (v) VALUES ('x'); COMMIT;")
-            .map_err(err("probe"))?;
-        n += 1;
-    }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 fn metric(text: &str, prefix: &str) -> f64 {

@@ -1,0 +1,254 @@
+//! `okeanos-sim`: a small Synnefo stand-in that answers the calls lambda-api makes — identity
+//! `POST /identity/v2.0/tokens` (with a service catalog pointing at itself) and Cyclades
+//! `GET /compute/v2.0/servers/{id}` and `POST /compute/v2.0/servers/{id}/action` — with users,
+//! tokens and VMs from a fixture, VM owners enforced, state changes after a delay, and fault
+//! injection. A control API under `/_sim/` changes faults and VMs and shows the calls made.
+
+#![forbid(unsafe_code)]
+
+mod serve;
+mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use state::{State, Vm};
+
+/// Users, their tokens, and VMs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixture {
+    pub users: Vec<FixtureUser>,
+    pub servers: Vec<FixtureServer>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureUser {
+    pub id: String,
+    pub name: String,
+    pub tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureServer {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    pub owner: String,
+    pub status: String,
+}
+
+/// Faults to inject. Setting them through the control API replaces them all; an omitted field
+/// takes its default (no fault).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Share (0 to 1) of compute calls answered 503 serviceUnavailable.
+    pub error_rate: f64,
+    /// The next N compute calls are answered 503 serviceUnavailable.
+    pub fail_next: u32,
+    /// The next N compute calls are answered 409 buildInProgress.
+    pub conflict_next: u32,
+    /// Added before every answer, identity and compute alike.
+    pub latency_ms: u64,
+    /// `start` is answered 413 overLimit.
+    pub quota_exceeded: bool,
+    /// Identity answers 503.
+    pub identity_down: bool,
+    /// The next N compute calls get a response cut short and the connection closed.
+    pub reset_next: u32,
+    /// The next N compute calls are answered only after `hang_ms`.
+    pub hang_next: u32,
+    pub hang_ms: u64,
+    /// Accepted actions end with the VM in ERROR instead of their target.
+    pub fall_into_error: bool,
+    /// Compute calls on these servers wait, unanswered, until the server leaves this list.
+    pub hold: Vec<String>,
+}
+
+/// How to run a simulator.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub listen: String,
+    pub fixture: Fixture,
+    /// How long a VM takes to reach ACTIVE or STOPPED after an accepted action.
+    pub transition: Duration,
+    pub faults: Faults,
+    pub threads: usize,
+    pub seed: u64,
+}
+
+/// One call the simulator answered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Call {
+    /// `tokens`, `status`, `start` or `shutdown`.
+    pub op: String,
+    pub server: Option<String>,
+    pub status: u16,
+    pub at_ms: i64,
+}
+
+/// A running simulator.
+pub struct Sim {
+    server: Arc<tiny_http::Server>,
+    state: Arc<Mutex<State>>,
+    threads: Vec<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+    addr: SocketAddr,
+}
+
+impl Sim {
+    pub fn start(config: SimConfig) -> std::io::Result<Sim> {
+        let server = tiny_http::Server::http(&config.listen).map_err(|e| {
+            std::io::Error::other(format!("cannot listen on {}: {e}", config.listen))
+        })?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| std::io::Error::other("not an IP address"))?;
+        let mut users = HashMap::new();
+        for u in &config.fixture.users {
+            for t in &u.tokens {
+                users.insert(t.clone(), (u.id.clone(), u.name.clone()));
+            }
+        }
+        let vms = config
+            .fixture
+            .servers
+            .iter()
+            .map(|s| {
+                let vm = Vm {
+                    owner: s.owner.clone(),
+                    name: s.name.clone(),
+                    status: s.status.clone(),
+                    pending: None,
+                };
+                (s.id.clone(), vm)
+            })
+            .collect();
+        let state = Arc::new(Mutex::new(State {
+            users,
+            vms,
+            faults: config.faults.clone(),
+            calls: Vec::new(),
+            transition: config.transition,
+            rng: fastrand::Rng::with_seed(config.seed),
+        }));
+        let server = Arc::new(server);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let base = format!("http://{addr}");
+        let mut threads = Vec::new();
+        for n in 0..config.threads.max(1) {
+            let (server, state, stopping, base) = (
+                server.clone(),
+                state.clone(),
+                stopping.clone(),
+                base.clone(),
+            );
+            threads.push(std::thread::Builder::new().name(format!("sim-{n}")).spawn(
+                move || {
+                    while !stopping.load(Ordering::SeqCst) {
+                        if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(200)) {
+                            serve::answer(&state, &base, request);
+                        }
+                    }
+                },
+            )?);
+        }
+        Ok(Sim {
+            server,
+            state,
+            threads,
+            stopping,
+            addr,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What lambda-api's `astakos_url` should be.
+    pub fn astakos_url(&self) -> String {
+        format!("{}/identity/v2.0", self.url())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.lock().faults = faults;
+    }
+
+    /// Changes how long VMs take to change state, for actions accepted from now on.
+    pub fn set_transition(&self, transition: Duration) {
+        self.lock().transition = transition;
+    }
+
+    /// Makes a token invalid from now on, as an expired one is.
+    pub fn revoke_token(&self, token: &str) {
+        self.lock().users.remove(token);
+    }
+
+    /// Every call answered so far, oldest first.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// A VM's status now.
+    pub fn vm_status(&self, id: &str) -> Option<String> {
+        let mut state = self.lock();
+        let vm = state.vms.get_mut(id)?;
+        vm.settle(Instant::now());
+        Some(vm.status.clone())
+    }
+
+    /// Sets a VM's status at once, cancelling any change under way.
+    pub fn set_vm_status(&self, id: &str, status: &str) {
+        if let Some(vm) = self.lock().vms.get_mut(id) {
+            vm.status = status.to_string();
+            vm.pending = None;
+        }
+    }
+
+    /// Stops answering and waits for the threads.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.server.unblock();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The state's lock; a panic while it was held leaves the world as consistent as a call left
+/// it, so a poisoned lock is still used.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The fixture shipped in `config/okeanos-sim.json`, for tests and `make run`.
+pub fn demo_fixture() -> Fixture {
+    serde_json::from_str(include_str!("../../../config/okeanos-sim.json"))
+        .expect("the shipped fixture parses")
+}
+
+/// Milliseconds since the Unix epoch, for the call log.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

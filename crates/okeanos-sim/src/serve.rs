@@ -1,0 +1,152 @@
+//! HTTP around the simulator's state: tiny_http threads read a call, apply faults and delays,
+//! and write Synnefo's answer; the `/_sim/` control API changes faults and VMs.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::state::{compute, fault, identity, State, RESET};
+use crate::{lock, Faults};
+
+pub(crate) fn answer(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
+    let mut body = Vec::new();
+    // The simulator is a test tool on loopback; its bodies are tiny and trusted.
+    let _ = std::io::Read::read_to_end(
+        &mut std::io::Read::take(request.as_reader(), 1 << 20),
+        &mut body,
+    );
+    let token = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("X-Auth-Token"))
+        .map(|h| h.value.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let path = request
+        .url()
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('/')
+        .to_string();
+    if !path.starts_with("/_sim") {
+        delay(state, &path);
+    }
+    let (status, reply) = route(state, base, &method, &path, token.as_deref(), &body);
+    if status == RESET {
+        // Headers promising more than is sent, then the connection closes.
+        let mut writer = request.into_writer();
+        let _ = writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"ser");
+        let _ = writer.flush();
+        return;
+    }
+    let mut response = tiny_http::Response::from_data(match &reply {
+        Value::Null => Vec::new(),
+        v => v.to_string().into_bytes(),
+    })
+    .with_status_code(status);
+    if reply != Value::Null {
+        if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", "application/json") {
+            response.add_header(h);
+        }
+    }
+    let _ = request.respond(response);
+}
+
+/// Latency, hangs and holds: waits before a call is answered (without the lock held).
+fn delay(state: &Mutex<State>, path: &str) {
+    let (latency, hang) = {
+        let mut s = lock(state);
+        let hang = if s.faults.hang_next > 0 && path.starts_with("/compute") {
+            s.faults.hang_next -= 1;
+            s.faults.hang_ms
+        } else {
+            0
+        };
+        (s.faults.latency_ms, hang)
+    };
+    std::thread::sleep(Duration::from_millis(latency + hang));
+    // Held servers: the call waits (two minutes at most) until the hold is lifted.
+    let server = path.split('/').nth(4).unwrap_or("");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while path.starts_with("/compute")
+        && Instant::now() < deadline
+        && lock(state).faults.hold.iter().any(|h| h == server)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn route(
+    state: &Mutex<State>,
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, Value) {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let mut s = lock(state);
+    match (method, segments.as_slice()) {
+        ("POST", ["identity", "v2.0", "tokens"]) => {
+            let result = identity(&s, base, body);
+            s.log("tokens", None, result.0);
+            result
+        }
+        ("GET", ["compute", "v2.0", "servers", id]) => {
+            let result = compute(&mut s, token, id, None);
+            s.log("status", Some(id), result.0);
+            result
+        }
+        ("POST", ["compute", "v2.0", "servers", id, "action"]) => {
+            let action = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.as_object().and_then(|o| o.keys().next().cloned()));
+            let op = action.clone().unwrap_or_else(|| "action".into());
+            let result = compute(&mut s, token, id, Some(action.as_deref().unwrap_or("")));
+            s.log(&op, Some(id), result.0);
+            result
+        }
+        ("GET", ["_sim", "faults"]) => (200, json!(s.faults)),
+        ("POST" | "PUT", ["_sim", "faults"]) => match serde_json::from_slice::<Faults>(body) {
+            Ok(f) => {
+                s.faults = f;
+                (200, json!(s.faults))
+            }
+            Err(e) => (400, json!({"error": e.to_string()})),
+        },
+        ("GET", ["_sim", "calls"]) => (200, json!(s.calls)),
+        ("DELETE", ["_sim", "calls"]) => {
+            s.calls.clear();
+            (204, Value::Null)
+        }
+        ("GET", ["_sim", "servers"]) => {
+            let now = Instant::now();
+            let all: Vec<Value> = s
+                .vms
+                .iter_mut()
+                .map(|(id, vm)| {
+                    vm.settle(now);
+                    json!({"id": id, "name": vm.name, "owner": vm.owner, "status": vm.status})
+                })
+                .collect();
+            (200, json!(all))
+        }
+        ("PUT" | "POST", ["_sim", "servers", id]) => {
+            let status = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v["status"].as_str().map(str::to_string));
+            match (s.vms.get_mut(*id), status) {
+                (Some(vm), Some(status)) => {
+                    vm.status = status;
+                    vm.pending = None;
+                    (200, json!({"id": id, "status": vm.status}))
+                }
+                (None, _) => fault(404, "itemNotFound", "Server not found"),
+                (_, None) => fault(400, "badRequest", "Expected {\"status\": \"...\"}"),
+            }
+        }
+        _ => fault(404, "itemNotFound", "No such resource"),
+    }
+}

@@ -1,0 +1,283 @@
+//! The simulator's world: users, VMs and faults, and how each Synnefo call changes it. Pure
+//! state, no I/O: `serve.rs` puts HTTP around it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::{now_ms, Call, Faults};
+
+pub(crate) struct Vm {
+    pub(crate) owner: String,
+    pub(crate) name: String,
+    pub(crate) status: String,
+    /// Target status, when it is reached, and the task shown meanwhile (`SNF:task_state`).
+    pub(crate) pending: Option<(String, Instant, &'static str)>,
+}
+
+impl Vm {
+    pub(crate) fn settle(&mut self, now: Instant) {
+        if let Some((target, due, _)) = &self.pending {
+            if *due <= now {
+                self.status = target.clone();
+                self.pending = None;
+            }
+        }
+    }
+}
+
+pub(crate) struct State {
+    pub(crate) users: HashMap<String, (String, String)>,
+    pub(crate) vms: BTreeMap<String, Vm>,
+    pub(crate) faults: Faults,
+    pub(crate) calls: Vec<Call>,
+    pub(crate) transition: Duration,
+    /// Draws which calls fail under `error_rate`; seeded, so a run can be repeated.
+    pub(crate) rng: fastrand::Rng,
+}
+
+/// Calls kept in the log; older ones are dropped.
+const MAX_CALLS: usize = 100_000;
+
+impl State {
+    pub(crate) fn log(&mut self, op: &str, server: Option<&str>, status: u16) {
+        if self.calls.len() >= MAX_CALLS {
+            self.calls.drain(..MAX_CALLS / 10);
+        }
+        self.calls.push(Call {
+            op: op.to_string(),
+            server: server.map(str::to_string),
+            status,
+            at_ms: now_ms(),
+        });
+    }
+
+    /// A fault the compute API answers with instead of doing the call, if one is due.
+    fn compute_fault(&mut self) -> Option<(u16, Value)> {
+        if self.faults.reset_next > 0 {
+            self.faults.reset_next -= 1;
+            return Some((RESET, Value::Null));
+        }
+        if self.faults.fail_next > 0 {
+            self.faults.fail_next -= 1;
+            return Some(unavailable());
+        }
+        if self.faults.conflict_next > 0 {
+            self.faults.conflict_next -= 1;
+            return Some(fault(409, "buildInProgress", "Server is being built."));
+        }
+        if self.faults.error_rate > 0.0 && self.rng.f64() < self.faults.error_rate {
+            return Some(unavailable());
+        }
+        None
+    }
+}
+
+/// Not a status: the answer is cut short and the connection closed.
+pub(crate) const RESET: u16 = 0;
+
+pub(crate) fn fault(code: u16, name: &str, message: &str) -> (u16, Value) {
+    (
+        code,
+        json!({ name: {"code": code, "message": message, "details": ""} }),
+    )
+}
+
+fn unavailable() -> (u16, Value) {
+    fault(
+        503,
+        "serviceUnavailable",
+        "Service temporarily unavailable.",
+    )
+}
+
+pub(crate) fn identity(s: &State, base: &str, body: &[u8]) -> (u16, Value) {
+    if s.faults.identity_down {
+        return unavailable();
+    }
+    let token = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["auth"]["token"]["id"].as_str().map(str::to_string));
+    let Some(token) = token else {
+        return fault(400, "badRequest", "Malformed request");
+    };
+    let Some((id, name)) = s.users.get(&token) else {
+        return fault(401, "unauthorized", "Invalid token");
+    };
+    (
+        200,
+        json!({"access": {
+            "token": {"id": token, "expires": "2099-01-01T00:00:00+00:00",
+                      "tenant": {"id": id, "name": name}},
+            "user": {"id": id, "name": name, "roles": [{"id": "1", "name": "default"}], "roles_links": []},
+            "serviceCatalog": [
+                {"type": "identity", "name": "astakos_identity", "endpoints_links": [],
+                 "endpoints": [{"versionId": "v2.0", "region": "default",
+                                "publicURL": format!("{base}/identity/v2.0")}]},
+                {"type": "compute", "name": "cyclades_compute", "endpoints_links": [],
+                 "endpoints": [{"versionId": "v2.0", "region": "default",
+                                "publicURL": format!("{base}/compute/v2.0")}]},
+            ],
+        }}),
+    )
+}
+
+/// A compute call on server `id`: `action` None reads it, Some("start"/"shutdown") acts.
+pub(crate) fn compute(
+    s: &mut State,
+    token: Option<&str>,
+    id: &str,
+    action: Option<&str>,
+) -> (u16, Value) {
+    let Some((user, _)) = token.and_then(|t| s.users.get(t)).cloned() else {
+        return fault(401, "unauthorized", "Invalid token");
+    };
+    if let Some(f) = s.compute_fault() {
+        return f;
+    }
+    if action == Some("start") && s.faults.quota_exceeded {
+        return fault(
+            413,
+            "overLimit",
+            "Resource Limit Exceeded for your account.",
+        );
+    }
+    let transition = s.transition;
+    let s_fall_into_error = s.faults.fall_into_error;
+    let now = Instant::now();
+    // Another user's server is as absent as a missing one, as in Cyclades.
+    let Some(vm) = s.vms.get_mut(id).filter(|vm| vm.owner == user) else {
+        return fault(404, "itemNotFound", &format!("Server {id} not found"));
+    };
+    vm.settle(now);
+    let (target, from, verb) = match action {
+        None => {
+            let task = vm.pending.as_ref().map_or("", |p| p.2);
+            return (
+                200,
+                json!({"server": {"id": id, "name": vm.name, "status": vm.status,
+                                  "SNF:task_state": task, "user_id": vm.owner}}),
+            );
+        }
+        Some("start") => ("ACTIVE", "STOPPED", "START"),
+        Some("shutdown") => ("STOPPED", "ACTIVE", "STOP"),
+        Some(_) => return fault(400, "badRequest", "Unknown server action"),
+    };
+    let task = if verb == "START" {
+        "STARTING"
+    } else {
+        "STOPPING"
+    };
+    match &vm.pending {
+        Some((_, _, t)) if *t == task => return (202, Value::Null),
+        Some(_) => return fault(409, "buildInProgress", "Server is being built."),
+        None => {}
+    }
+    if vm.status != from {
+        // Synnefo names states by their Ganeti operstate: ACTIVE is STARTED there.
+        let operstate = if vm.status == "ACTIVE" {
+            "STARTED"
+        } else {
+            vm.status.as_str()
+        };
+        return fault(
+            400,
+            "badRequest",
+            &format!("Cannot perform '{verb}' action while server is in '{operstate}' state."),
+        );
+    }
+    let end = if s_fall_into_error { "ERROR" } else { target };
+    vm.pending = Some((end.to_string(), now + transition, task));
+    vm.settle(now);
+    (202, Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo_fixture;
+
+    fn state() -> State {
+        let mut users = HashMap::new();
+        users.insert("t1".to_string(), ("u1".to_string(), "one".to_string()));
+        users.insert("t2".to_string(), ("u2".to_string(), "two".to_string()));
+        let mut vms = BTreeMap::new();
+        vms.insert(
+            "1".to_string(),
+            Vm {
+                owner: "u1".into(),
+                name: "m".into(),
+                status: "STOPPED".into(),
+                pending: None,
+            },
+        );
+        State {
+            users,
+            vms,
+            faults: Faults::default(),
+            calls: Vec::new(),
+            transition: Duration::ZERO,
+            rng: fastrand::Rng::with_seed(7),
+        }
+    }
+
+    #[test]
+    fn start_then_start_again_is_refused_like_synnefo() {
+        let mut s = state();
+        assert_eq!(compute(&mut s, Some("t1"), "1", Some("start")).0, 202);
+        let (code, body) = compute(&mut s, Some("t1"), "1", Some("start"));
+        assert_eq!(code, 400);
+        assert_eq!(
+            body["badRequest"]["message"],
+            "Cannot perform 'START' action while server is in 'STARTED' state."
+        );
+    }
+
+    #[test]
+    fn a_pending_start_shows_its_task() {
+        let mut s = state();
+        s.transition = Duration::from_secs(60);
+        assert_eq!(compute(&mut s, Some("t1"), "1", Some("start")).0, 202);
+        let (_, v) = compute(&mut s, Some("t1"), "1", None);
+        assert_eq!(v["server"]["status"], "STOPPED");
+        assert_eq!(v["server"]["SNF:task_state"], "STARTING");
+        assert_eq!(compute(&mut s, Some("t1"), "1", Some("start")).0, 202);
+        assert_eq!(compute(&mut s, Some("t1"), "1", Some("shutdown")).0, 409);
+    }
+
+    #[test]
+    fn owners_and_tokens_are_enforced() {
+        let mut s = state();
+        assert_eq!(compute(&mut s, Some("t2"), "1", None).0, 404);
+        assert_eq!(compute(&mut s, Some("nope"), "1", None).0, 401);
+        assert_eq!(compute(&mut s, None, "1", None).0, 401);
+    }
+
+    #[test]
+    fn faults_are_counted_down() {
+        let mut s = state();
+        s.faults.fail_next = 2;
+        s.faults.quota_exceeded = true;
+        assert_eq!(compute(&mut s, Some("t1"), "1", None).0, 503);
+        assert_eq!(compute(&mut s, Some("t1"), "1", None).0, 503);
+        assert_eq!(compute(&mut s, Some("t1"), "1", None).0, 200);
+        assert_eq!(compute(&mut s, Some("t1"), "1", Some("start")).0, 413);
+    }
+
+    #[test]
+    fn error_rate_is_roughly_honoured() {
+        let mut s = state();
+        s.faults.error_rate = 0.3;
+        let failed = (0..2000)
+            .filter(|_| compute(&mut s, Some("t1"), "1", None).0 == 503)
+            .count();
+        assert!((450..750).contains(&failed), "{failed}");
+    }
+
+    #[test]
+    fn shipped_fixture_parses() {
+        let f = demo_fixture();
+        assert!(f.servers.len() >= 3);
+    }
+}
