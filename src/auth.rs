@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::okeanos::{AuthError, Client};
+use crate::sync::{read, write};
 
 /// How long a rejected token's verdict is kept.
 const INVALID_TTL: Duration = Duration::from_secs(30);
@@ -105,12 +106,7 @@ impl Authenticator {
         }
         let key: Key = Sha256::digest(token.as_bytes()).into();
         let now = Instant::now();
-        if let Some(v) = self
-            .cache
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
+        if let Some(v) = read(&self.cache).get(&key) {
             if v.expires > now {
                 return Checked {
                     result: v.user.clone().ok_or(AuthError::Rejected),
@@ -147,7 +143,7 @@ impl Authenticator {
             Err(AuthError::Unavailable(_)) => None,
         };
         if let Some(verdict) = verdict {
-            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            let mut cache = write(&self.cache);
             if cache.len() >= MAX_ENTRIES {
                 cache.retain(|_, v| v.expires > now);
             }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::error::Error;
 use crate::model::Status;
+use crate::store::NewInstance;
 use crate::Service;
 
 pub const USAGE: &str = "\
@@ -113,7 +114,13 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
                 })?,
             };
             let mut store = config()?.db().open()?;
-            let id = store.add_instance(&name, &owner, &master, &a.slaves, status)?;
+            let id = store.add_instance(&NewInstance {
+                name,
+                owner,
+                master,
+                slaves: a.slaves.clone(),
+                status,
+            })?;
             println!("{id}");
             Ok(())
         }
@@ -152,8 +159,8 @@ fn serve(config: Config) -> Result<(), Error> {
     log::info!("effective configuration:\n{config}");
     // Registered before the service starts, so that a signal arriving at any moment after
     // the first request is accepted goes through the graceful path.
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .map_err(|e| Error::System(format!("cannot handle signals: {e}")))?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(Error::Signals)?;
     let service = Service::start(&config)?;
     let stop = service.shutdown_handle();
     std::thread::Builder::new()
@@ -169,7 +176,10 @@ fn serve(config: Config) -> Result<(), Error> {
                 stop.trigger();
             }
         })
-        .map_err(|e| Error::System(format!("cannot start the signal thread: {e}")))?;
+        .map_err(|source| Error::Spawn {
+            thread: "signals".into(),
+            source,
+        })?;
     match service.local_addr() {
         Some(addr) => log::info!("listening on http://{addr}"),
         None => log::info!("listening on {}", config.listen),

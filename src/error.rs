@@ -1,4 +1,5 @@
-//! The error a command of the `lambda-api` binary ends with.
+//! The error a command of the `lambda-api` binary ends with, and [`Report`], which prints an
+//! error with every cause under it.
 
 use std::fmt;
 
@@ -14,12 +15,17 @@ pub enum Error {
     Config(ConfigError),
     /// The database cannot be opened or used.
     Store(StoreError),
-    /// The service could not start (address in use, say).
+    /// The HTTP server could not start (address in use, say).
     Start(StartError),
     /// A command named something that does not exist.
     NotFound(String),
-    /// The operating system refused something the service needs (signal handlers, threads).
-    System(String),
+    /// The operating system would not start a thread the service needs.
+    Spawn {
+        thread: String,
+        source: std::io::Error,
+    },
+    /// The signal handlers could not be installed.
+    Signals(std::io::Error),
 }
 
 impl Error {
@@ -35,16 +41,27 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Usage(m) => write!(f, "{m}"),
+            Error::Usage(m) | Error::NotFound(m) => write!(f, "{m}"),
             Error::Config(e) => write!(f, "{e}"),
-            Error::Store(e) => write!(f, "{e}"),
-            Error::Start(e) => write!(f, "{e}"),
-            Error::NotFound(m) | Error::System(m) => write!(f, "{m}"),
+            Error::Store(_) => write!(f, "cannot use the database"),
+            Error::Start(_) => write!(f, "cannot start the service"),
+            Error::Spawn { thread, .. } => write!(f, "cannot start thread {thread}"),
+            Error::Signals(_) => write!(f, "cannot handle signals"),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Usage(_) | Error::NotFound(_) => None,
+            Error::Config(e) => e.source(),
+            Error::Store(e) => Some(e),
+            Error::Start(e) => Some(e),
+            Error::Spawn { source, .. } | Error::Signals(source) => Some(source),
+        }
+    }
+}
 
 impl From<ConfigError> for Error {
     fn from(e: ConfigError) -> Error {
@@ -67,5 +84,39 @@ impl From<StartError> for Error {
 impl From<lexopt::Error> for Error {
     fn from(e: lexopt::Error) -> Error {
         Error::Usage(e.to_string())
+    }
+}
+
+/// An error and its causes on one line, `outer: inner: innermost`: how every error is
+/// logged and how `main` prints the one it ends with.
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_names_every_cause() {
+        let io = std::io::Error::other("no space left");
+        let e = Error::Spawn {
+            thread: "worker-0".into(),
+            source: io,
+        };
+        assert_eq!(
+            Report(&e).to_string(),
+            "cannot start thread worker-0: no space left"
+        );
     }
 }

@@ -4,17 +4,20 @@
 
 #![forbid(unsafe_code)]
 
-pub mod auth;
+mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
-pub mod http;
-pub mod metrics;
+mod http;
+mod idempotency;
+mod metrics;
 pub mod model;
-pub mod okeanos;
-pub mod shutdown;
+mod okeanos;
+mod shutdown;
 pub mod store;
-pub mod worker;
+mod sync;
+mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +27,8 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::http::{App, HttpServer};
 use crate::shutdown::Shutdown;
-use crate::worker::{Pool, Settings};
+use crate::store::Database;
+use crate::worker::{Eta, Outside, Pool, Settings};
 
 /// The running service: HTTP threads and workers over one SQLite file.
 pub struct Service {
@@ -38,7 +42,12 @@ impl Service {
     /// Opens (and migrates) the database, takes up actions a previous process left, and starts
     /// the workers and the HTTP threads.
     pub fn start(config: &Config) -> Result<Service, Error> {
-        let (requeued, orphaned) = config.db().open()?.recover()?;
+        Service::start_on(config, config.db())
+    }
+
+    /// As [`Service::start`], on `database` (opened with another clock, say).
+    pub fn start_on(config: &Config, database: Database) -> Result<Service, Error> {
+        let (requeued, orphaned) = database.open()?.recover()?;
         if requeued > 0 || orphaned > 0 {
             log::info!(
                 "recovery: {requeued} interrupted action(s) queued again, \
@@ -46,22 +55,24 @@ impl Service {
             );
         }
         let metrics = Arc::new(metrics::Metrics::default());
+        let eta = Arc::new(Eta::default());
         let client = okeanos::Client::new(config.okeanos_timeout(), metrics.clone());
         let (wakeups, queue) = crossbeam_channel::bounded(config.queue_capacity);
         let shutdown = Arc::new(Shutdown::default());
         let pool = Pool::start(
             config.workers,
-            &config.db(),
+            &database,
             Settings::from_config(config),
-            client.clone(),
             queue,
-            metrics.clone(),
+            Outside {
+                client: client.clone(),
+                metrics: metrics.clone(),
+                eta: eta.clone(),
+            },
             shutdown.clone(),
         )?;
         let app = Arc::new(App {
             max_connections: config.max_connections,
-            connections: http::Connections::default(),
-            keep_alive: http::KeepAlive::default(),
             auth: Authenticator::new(
                 client,
                 &config.astakos_url,
@@ -70,13 +81,14 @@ impl Service {
             ),
             wakeups,
             metrics,
+            eta,
             max_body_bytes: config.max_body_bytes,
             listen: config.listen.clone(),
         });
         let http = match HttpServer::start(
             &config.listen,
             config.http_threads,
-            &config.db(),
+            &database,
             app,
             shutdown.clone(),
         ) {

@@ -6,7 +6,7 @@
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     if let Err(e) = lambda_api::cli::run(std::env::args_os().skip(1)) {
-        eprintln!("lambda-api: {e}");
+        eprintln!("lambda-api: {}", lambda_api::error::Report(&e));
         std::process::exit(e.exit_code());
     }
 }

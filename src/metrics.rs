@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::sync::lock;
+
 /// Upper bounds (seconds) of the latency buckets: 0.5 ms to 10 s.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
@@ -68,22 +70,12 @@ pub struct Metrics {
     actions_finished: Mutex<BTreeMap<&'static str, u64>>,
     okeanos_calls: Mutex<BTreeMap<(&'static str, String), u64>>,
     okeanos_seconds: Mutex<BTreeMap<&'static str, Histogram>>,
-    /// Moving average of how long recent actions took from acceptance to their end (ms).
-    action_ms: Mutex<Option<f64>>,
 }
-
-/// What `Retry-After` says while there is no history to go by.
-const DEFAULT_ETA: Duration = Duration::from_secs(5);
 
 /// The `# HELP` and `# TYPE` lines that open a family.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every update is a single map operation, so a poisoned map is still consistent.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Gauges read at scrape time.
@@ -119,24 +111,9 @@ impl Metrics {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An action ended: `state` is `succeeded` or `failed`; it took `took` since it was
-    /// accepted.
-    pub fn action_finished(&self, state: &'static str, took: Duration) {
+    /// An action ended: `state` is `succeeded` or `failed`.
+    pub fn action_finished(&self, state: &'static str) {
         *lock(&self.actions_finished).entry(state).or_default() += 1;
-        let ms = took.as_secs_f64() * 1000.0;
-        let mut avg = lock(&self.action_ms);
-        *avg = Some(avg.map_or(ms, |a| 0.8 * a + 0.2 * ms));
-    }
-
-    /// Seconds a client should wait before asking again about an action accepted `age` ago:
-    /// what recent actions took, less its age, from 1 to 30.
-    pub fn retry_after(&self, age: Duration) -> u64 {
-        let eta =
-            lock(&self.action_ms).map_or(DEFAULT_ETA, |ms| Duration::from_secs_f64(ms / 1000.0));
-        eta.saturating_sub(age)
-            .as_secs_f64()
-            .ceil()
-            .clamp(1.0, 30.0) as u64
     }
 
     /// A call to ~okeanos: `op` is `tokens`, `status`, `start` or `shutdown`; `outcome` the
@@ -275,24 +252,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_follows_recent_actions() {
-        let m = Metrics::default();
-        assert_eq!(m.retry_after(Duration::ZERO), 5);
-        m.action_finished("succeeded", Duration::from_secs(12));
-        assert_eq!(m.retry_after(Duration::ZERO), 12);
-        assert_eq!(m.retry_after(Duration::from_secs(4)), 8);
-        assert_eq!(m.retry_after(Duration::from_secs(60)), 1);
-        m.action_finished("succeeded", Duration::from_secs(3600));
-        assert_eq!(m.retry_after(Duration::ZERO), 30);
-    }
-
-    #[test]
     fn exposition_lines() {
         let m = Metrics::default();
         m.request("/healthz", 200, Duration::from_millis(3));
         m.request("/healthz", 200, Duration::from_millis(30));
         m.token_check(true);
-        m.action_finished("failed", Duration::from_secs(1));
+        m.action_finished("failed");
         m.okeanos_call("start", "413".into(), Duration::from_millis(2));
         let text = m.render(&Gauges {
             queued: 2,

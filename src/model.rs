@@ -1,8 +1,6 @@
 //! The domain: instance statuses, actions and their states, and the state table that decides
 //! what an action request does. Pure code, no I/O.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 /// A lambda instance's status, with the original service's numeric codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -151,55 +149,76 @@ impl ActionState {
     }
 }
 
-/// What an action request does, by the state table of the API contract.
+/// An action in flight on an instance: queued or running.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// A new action is created and the instance moves to the action's transient status.
-    Create,
+pub struct Live {
+    pub id: String,
+    pub kind: ActionKind,
+}
+
+/// What an action request is decided on: the instance's status and its action in flight,
+/// read together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub status: Status,
+    pub live: Option<Live>,
+}
+
+/// What an action request comes to, by the state table of the API contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// No such instance for this owner (or it is destroyed): 404.
+    NotFound,
+    /// A new action is due and the instance moves to the action's transient status.
+    /// `supersede` is a live action to end first: only possible when the instance's row was
+    /// edited by hand, so that its status no longer matches its action in flight.
+    Create { supersede: Option<String> },
     /// The same action is already in flight: answer with it, create nothing.
-    Merge,
+    Merge(String),
     /// Refused with 409 and this message.
     Conflict(String),
 }
 
-/// Decides an action request on an instance in `status`; `live` says whether the instance has
-/// an action queued or running.
-pub fn verdict(status: Status, kind: ActionKind, live: bool) -> Verdict {
+/// The whole decision of an action request: the state table, and the merge into the action
+/// in flight. `seen` is None when the owner has no such instance. Pure: the store applies it
+/// once to an unlocked read, and again inside the transaction that creates the action.
+pub fn decide(seen: Option<&Seen>, kind: ActionKind) -> Decision {
     use ActionKind::{Start, Stop};
-    match (status, kind) {
+    let Some(Seen { status, live }) = seen else {
+        return Decision::NotFound;
+    };
+    match (*status, kind) {
         (Status::Stopped | Status::Failed, Start) | (Status::Started | Status::Failed, Stop) => {
-            Verdict::Create
+            Decision::Create {
+                supersede: live.as_ref().map(|l| l.id.clone()),
+            }
         }
         (Status::Started, Start) => {
-            Verdict::Conflict("The specified lambda instance is already started.".into())
+            Decision::Conflict("The specified lambda instance is already started.".into())
         }
         (Status::Stopped, Stop) => {
-            Verdict::Conflict("The specified lambda instance is already stopped.".into())
+            Decision::Conflict("The specified lambda instance is already stopped.".into())
         }
-        // An instance left in its transient status with nothing in flight (set by hand, say)
-        // gets a fresh action rather than staying stuck there.
-        (Status::Starting, Start) | (Status::Stopping, Stop) if !live => Verdict::Create,
-        (Status::Starting, Start) | (Status::Stopping, Stop) => Verdict::Merge,
-        (other, kind) => Verdict::Conflict(format!(
-            "Can't {} a lambda instance while lambda instance status is {}.",
-            kind.name(),
-            other.name()
-        )),
+        (Status::Starting, Start) | (Status::Stopping, Stop) => match live {
+            // An instance left in its transient status with nothing in flight (set by hand,
+            // say) gets a fresh action rather than staying stuck there.
+            None => Decision::Create { supersede: None },
+            Some(l) if l.kind == kind => Decision::Merge(l.id.clone()),
+            // The status says one thing and the action in flight another: refuse rather
+            // than guess.
+            Some(_) => conflict_while(*status, kind),
+        },
+        (other, kind) => conflict_while(other, kind),
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// RFC 3339 UTC with milliseconds, e.g. `2026-11-28T02:04:01.123Z`.
-pub fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+/// The refusal of an action the instance's status does not allow.
+fn conflict_while(status: Status, kind: ActionKind) -> Decision {
+    Decision::Conflict(format!(
+        "Can't {} a lambda instance while lambda instance status is {}.",
+        kind.name(),
+        status.name()
+    ))
 }
 
 #[cfg(test)]
@@ -207,76 +226,94 @@ mod tests {
     use super::*;
     use ActionKind::{Start, Stop};
 
-    fn check(status: Status, kind: ActionKind, live: bool, expected: &str) {
-        let got = match verdict(status, kind, live) {
-            Verdict::Create => "create".to_string(),
-            Verdict::Merge => "merge".to_string(),
-            Verdict::Conflict(m) => m,
+    /// `live` is the kind of the action in flight, if any (its id is always "a").
+    fn check(status: Status, live: Option<ActionKind>, kind: ActionKind, expected: &str) {
+        let seen = Seen {
+            status,
+            live: live.map(|kind| Live {
+                id: "a".into(),
+                kind,
+            }),
         };
-        assert_eq!(got, expected, "{status:?} {kind:?} live={live}");
+        let got = match decide(Some(&seen), kind) {
+            Decision::NotFound => "not found".to_string(),
+            Decision::Create { supersede: None } => "create".to_string(),
+            Decision::Create { supersede: Some(a) } => format!("create, superseding {a}"),
+            Decision::Merge(a) => format!("merge into {a}"),
+            Decision::Conflict(m) => m,
+        };
+        assert_eq!(got, expected, "{status:?} live={live:?} {kind:?}");
+    }
+
+    const ALREADY_STARTED: &str = "The specified lambda instance is already started.";
+    const ALREADY_STOPPED: &str = "The specified lambda instance is already stopped.";
+
+    fn refused(kind: ActionKind, status: Status) -> String {
+        format!(
+            "Can't {} a lambda instance while lambda instance status is {}.",
+            kind.name(),
+            status.name()
+        )
+    }
+
+    #[test]
+    fn no_instance_is_not_found() {
+        assert_eq!(decide(None, Start), Decision::NotFound);
+        assert_eq!(decide(None, Stop), Decision::NotFound);
     }
 
     #[test]
     fn stopped() {
-        check(Status::Stopped, Start, false, "create");
-        check(
-            Status::Stopped,
-            Stop,
-            false,
-            "The specified lambda instance is already stopped.",
-        );
+        check(Status::Stopped, None, Start, "create");
+        check(Status::Stopped, None, Stop, ALREADY_STOPPED);
     }
 
     #[test]
     fn started() {
-        check(
-            Status::Started,
-            Start,
-            false,
-            "The specified lambda instance is already started.",
-        );
-        check(Status::Started, Stop, false, "create");
+        check(Status::Started, None, Start, ALREADY_STARTED);
+        check(Status::Started, None, Stop, "create");
     }
 
     #[test]
     fn failed_accepts_both() {
-        check(Status::Failed, Start, false, "create");
-        check(Status::Failed, Stop, false, "create");
+        check(Status::Failed, None, Start, "create");
+        check(Status::Failed, None, Stop, "create");
     }
 
     #[test]
-    fn starting() {
-        check(Status::Starting, Start, true, "merge");
-        check(Status::Starting, Start, false, "create");
-        check(
-            Status::Starting,
-            Stop,
-            true,
-            "Can't stop a lambda instance while lambda instance status is STARTING.",
-        );
+    fn starting_merges_a_start_and_refuses_a_stop() {
+        check(Status::Starting, Some(Start), Start, "merge into a");
+        let stop = refused(Stop, Status::Starting);
+        check(Status::Starting, Some(Start), Stop, &stop);
     }
 
     #[test]
-    fn stopping() {
-        check(Status::Stopping, Stop, true, "merge");
-        check(
-            Status::Stopping,
-            Start,
-            true,
-            "Can't start a lambda instance while lambda instance status is STOPPING.",
-        );
+    fn stopping_merges_a_stop_and_refuses_a_start() {
+        check(Status::Stopping, Some(Stop), Stop, "merge into a");
+        let start = refused(Start, Status::Stopping);
+        check(Status::Stopping, Some(Stop), Start, &start);
+    }
+
+    #[test]
+    fn a_transient_status_with_nothing_in_flight_gets_a_new_action() {
+        check(Status::Starting, None, Start, "create");
+        check(Status::Stopping, None, Stop, "create");
+    }
+
+    #[test]
+    fn rows_edited_by_hand() {
+        // STARTING, but the action in flight is a stop: refuse rather than guess.
+        let start = refused(Start, Status::Starting);
+        check(Status::Starting, Some(Stop), Start, &start);
+        // STOPPED with a start still in flight: the new action supersedes it.
+        check(Status::Stopped, Some(Start), Start, "create, superseding a");
     }
 
     #[test]
     fn others_conflict() {
         for s in [Status::Pending, Status::Destroying, Status::Destroyed] {
             for k in [Start, Stop] {
-                let expected = format!(
-                    "Can't {} a lambda instance while lambda instance status is {}.",
-                    k.name(),
-                    s.name()
-                );
-                check(s, k, false, &expected);
+                check(s, None, k, &refused(k, s));
             }
         }
     }
@@ -288,11 +325,5 @@ mod tests {
             assert_eq!(Status::parse(&s.name().to_lowercase()), Some(s));
         }
         assert_eq!(Status::parse("RUNNING"), None);
-    }
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
     }
 }

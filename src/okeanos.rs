@@ -30,6 +30,8 @@ pub enum AuthError {
     Unavailable(String),
 }
 
+impl std::error::Error for AuthError {}
+
 impl fmt::Display for AuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -129,6 +131,8 @@ impl OkeanosError {
         }
     }
 }
+
+impl std::error::Error for OkeanosError {}
 
 impl fmt::Display for OkeanosError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

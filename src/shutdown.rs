@@ -3,6 +3,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::sync::lock;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 /// Triggered once; never reset. Dropping the only sender disconnects every receiver, which
@@ -24,10 +25,7 @@ impl Default for Shutdown {
 
 impl Shutdown {
     pub fn trigger(&self) {
-        self.trigger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        lock(&self.trigger).take();
     }
 
     pub fn is_triggered(&self) -> bool {

@@ -71,6 +71,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// 422: an `Idempotency-Key` reused for a different request.
     Unprocessable(String),
+    /// 431: the request's head is larger than the documented limit.
+    HeadTooLarge(usize),
     /// 503: identity or the database cannot answer now, or too many connections are open.
     Unavailable(String),
     /// 500: a bug (a handler panicked). Never chosen on purpose.
@@ -89,6 +91,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Unprocessable(_) => 422,
+            ApiError::HeadTooLarge(_) => 431,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal => 500,
         }
@@ -114,6 +117,10 @@ impl ApiError {
             ),
             ApiError::UnsupportedMediaType(m) => (m.clone(), "unsupported_media_type"),
             ApiError::Unprocessable(m) => (m.clone(), "idempotency_key_reused"),
+            ApiError::HeadTooLarge(max) => (
+                format!("The request line and headers are larger than {max} bytes."),
+                "request_header_fields_too_large",
+            ),
             ApiError::Unavailable(m) => (m.clone(), "service_unavailable"),
             ApiError::Internal => ("Internal server error.".into(), "internal_error"),
         }
@@ -139,7 +146,7 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
-        log::error!("{e}");
+        log::error!("{}", crate::error::Report(&e));
         ApiError::Unavailable("The service's database is unavailable; try again later.".into())
     }
 }

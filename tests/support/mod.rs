@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use lambda_api::config::Config;
 use lambda_api::model::Status;
+use lambda_api::store::NewInstance;
 use lambda_api::Service;
 use okeanos_sim::{demo_fixture, Faults, Sim, SimConfig};
 use serde_json::Value;
@@ -98,13 +99,14 @@ impl Harness {
     }
 
     pub fn add_instance_for(&self, owner: &str, status: Status) -> String {
-        let slaves: Vec<String> = SLAVES.iter().map(|s| s.to_string()).collect();
-        self.config
-            .db()
-            .open()
-            .unwrap()
-            .add_instance("demo", owner, MASTER, &slaves, status)
-            .unwrap()
+        let new = NewInstance {
+            name: "demo".into(),
+            owner: owner.into(),
+            master: MASTER.into(),
+            slaves: SLAVES.iter().map(|s| s.to_string()).collect(),
+            status,
+        };
+        self.config.db().open().unwrap().add_instance(&new).unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

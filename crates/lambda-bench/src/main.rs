@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lambda_api::model::Status;
-use lambda_api::store::{self, Synchronous};
+use lambda_api::store::{Database, NewInstance, Synchronous};
 
 pub(crate) const USERS: usize = 100;
 pub(crate) const INSTANCES: usize = 10_000;
@@ -147,7 +147,9 @@ fn bench() -> Res<()> {
         (0..3).map(|k| format!("u{u}-vm{k}")).collect()
     })?;
     let db = work.join("bench.db");
-    let mut store = store::open(&db, synchronous).map_err(err("database"))?;
+    let mut store = Database::new(&db, synchronous)
+        .open()
+        .map_err(err("database"))?;
     let servers = |u: usize| -> Vec<String> { (0..3).map(|k| format!("u{u}-vm{k}")).collect() };
     let mut rows = Vec::new();
     for i in 0..INSTANCES {
@@ -157,17 +159,18 @@ fn bench() -> Res<()> {
         } else {
             Status::Stopped
         };
-        rows.push((format!("bench-{i}"), user_id(u), servers(u), status));
+        rows.push(instance(
+            format!("bench-{i}"),
+            user_id(u),
+            servers(u),
+            status,
+        ));
     }
     let ids = store.add_instances(&rows).map_err(err("load"))?;
     let pool_rows: Vec<_> = (0..pool_per_run * CONNECTIONS.len())
         .map(|i| {
-            (
-                format!("pool-{i}"),
-                user_id(i % USERS),
-                servers(i % USERS),
-                Status::Stopped,
-            )
+            let u = i % USERS;
+            instance(format!("pool-{i}"), user_id(u), servers(u), Status::Stopped)
         })
         .collect();
     let pool = store.add_instances(&pool_rows).map_err(err("load"))?;
@@ -350,12 +353,14 @@ fn bench() -> Res<()> {
     let mut first_rate = 0.0;
     for workers in [1usize, 4, 16] {
         let wdb = work.join(format!("workers-{workers}.db"));
-        let mut store = store::open(&wdb, synchronous).map_err(err("database"))?;
+        let mut store = Database::new(&wdb, synchronous)
+            .open()
+            .map_err(err("database"))?;
         let rows: Vec<_> = (0..WORKER_ACTIONS)
             .map(|i| {
                 let (u, j) = (i % USERS, i / USERS);
                 let vms = (0..3).map(|k| format!("w{u}-{}", j * 3 + k)).collect();
-                (format!("w-{i}"), user_id(u), vms, Status::Stopped)
+                instance(format!("w-{i}"), user_id(u), vms, Status::Stopped)
             })
             .collect();
         let wids = store.add_instances(&rows).map_err(err("load"))?;
@@ -435,4 +440,16 @@ fn bench() -> Res<()> {
     std::fs::write(root.join("latest.md"), &report).map_err(err("report"))?;
     eprintln!("written to {}", root.join("latest.md").display());
     Ok(())
+}
+
+/// An instance to load: `servers` is the master, then the slaves.
+fn instance(name: String, owner: String, mut servers: Vec<String>, status: Status) -> NewInstance {
+    let master = servers.remove(0);
+    NewInstance {
+        name,
+        owner,
+        master,
+        slaves: servers,
+        status,
+    }
 }

@@ -1,0 +1,122 @@
+//! `POST /api/lambda-instances/{id}/`, the seed's call: token → instance → action → state
+//! table, with `Idempotency-Key`. It translates: the decision is `model::decide`'s, its
+//! commit the store's, what a key means `idempotency`'s.
+
+use serde_json::json;
+
+use super::body::action_field;
+use super::reply::{ApiError, Reply};
+use super::request::{check_body_head, read_body, BodySource, Head};
+use super::routes::Caller;
+use super::App;
+use crate::error::Report;
+use crate::idempotency::{self, Prior};
+use crate::model::ActionKind;
+use crate::store::{Requested, Store, StoredAnswer};
+
+pub const INSTANCE_NOT_FOUND: &str = "The specified lambda instance doesn't exist.";
+const BAD_ACTION: &str = "action POST parameter can be used with start or stop value.";
+
+pub fn handle(
+    app: &App,
+    store: &mut Store,
+    head: &Head,
+    body: &mut dyn BodySource,
+    caller: &Caller,
+    id: &str,
+) -> Result<Reply, ApiError> {
+    let owner = &caller.user.id;
+    let key = match head.header("idempotency-key") {
+        None => None,
+        Some(raw) => Some(
+            idempotency::parse_key(raw)
+                .ok_or_else(|| ApiError::BadRequest(idempotency::BAD_KEY.into()))?,
+        ),
+    };
+    let seen = store
+        .seen(id, owner)?
+        .ok_or_else(|| ApiError::NotFound(INSTANCE_NOT_FOUND.into()))?;
+    check_body_head(head, app.max_body_bytes)?;
+    let bytes = read_body(body, app.max_body_bytes)?;
+    let kind = action_field(head.header("content-type"), &bytes)?
+        .as_deref()
+        .and_then(ActionKind::parse)
+        .ok_or_else(|| ApiError::BadRequest(BAD_ACTION.into()))?;
+    let request = |store: &mut Store| -> Result<Reply, ApiError> {
+        let (user, token) = (&caller.user, caller.token);
+        let outcome =
+            store.request_action(Some(&seen), id, owner, kind, token, &user.compute_url)?;
+        accepted(app, head, id, kind, outcome)
+    };
+    let Some(key) = key else {
+        return request(store);
+    };
+    let fingerprint = idempotency::fingerprint(id, kind);
+    match idempotency::prior(store, owner, key, &fingerprint)? {
+        Prior::Replay(stored) => return Ok(replay(stored)),
+        Prior::Reused => return Err(ApiError::Unprocessable(idempotency::REUSED.into())),
+        Prior::None => {}
+    }
+    let reply = request(store).unwrap_or_else(|e| e.reply());
+    if idempotency::is_kept(reply.status) {
+        let answer = StoredAnswer {
+            fingerprint,
+            status: reply.status,
+            body: String::from_utf8_lossy(&reply.body).into_owned(),
+            location: reply.header("location").map(str::to_string),
+        };
+        // The answer stands even if it cannot be kept: a 202 here means the action is
+        // committed, and answering 503 would tell the client it was not.
+        if let Err(e) = idempotency::keep(store, owner, key, &answer) {
+            log::error!("keeping the answer to an Idempotency-Key: {}", Report(&e));
+        }
+    }
+    Ok(reply)
+}
+
+/// The 202 with the handle of the action (new or in flight), or the refusal.
+fn accepted(
+    app: &App,
+    head: &Head,
+    id: &str,
+    kind: ActionKind,
+    outcome: Requested,
+) -> Result<Reply, ApiError> {
+    let action_id = match outcome {
+        Requested::NotFound => return Err(ApiError::NotFound(INSTANCE_NOT_FOUND.into())),
+        Requested::Conflict(message) => return Err(ApiError::Conflict(message)),
+        Requested::Merged(action_id) => action_id,
+        Requested::Created(action_id) => {
+            // Committed: the action is safe whether or not this wake-up fits in the channel
+            // (an idle worker finds it in SQLite within a second).
+            let _ = app.wakeups.try_send(action_id.clone());
+            log::info!("action {action_id}: {} instance {id} accepted", kind.name());
+            action_id
+        }
+    };
+    let base = head.base_url(&app.listen);
+    let location = format!("{base}/api/lambda-instances/{id}/actions/{action_id}/");
+    let reply = Reply::json(
+        202,
+        &json!({
+            "status": {"code": 202, "short-description": "Your request has been accepted"},
+            "data": [{"id": action_id, "links": {"self": location}}],
+        }),
+    )
+    .with_header("Location", location);
+    let retry = app.eta.retry_after(std::time::Duration::ZERO);
+    Ok(reply.with_header("Retry-After", retry.to_string()))
+}
+
+/// The first answer to a key, again.
+fn replay(stored: StoredAnswer) -> Reply {
+    let mut reply = Reply {
+        status: stored.status,
+        headers: vec![("Content-Type", "application/json".into())],
+        body: stored.body.into_bytes(),
+    };
+    if let Some(location) = stored.location {
+        reply = reply.with_header("Location", location);
+    }
+    reply.with_header("Idempotent-Replayed", "true")
+}

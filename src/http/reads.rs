@@ -1,0 +1,325 @@
+//! The calls that only read: instances, their details and counts, the action history, and
+//! the unauthenticated `/healthz` and `/metrics`.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::action_call::INSTANCE_NOT_FOUND;
+use super::reply::{ApiError, Reply};
+use super::request::Head;
+use super::App;
+use crate::auth::User;
+use crate::clock::rfc3339;
+use crate::error::Report;
+use crate::metrics::Gauges;
+use crate::store::{ActionRecord, Instance, Store};
+
+const ACTION_NOT_FOUND: &str = "The specified action doesn't exist.";
+const BAD_FILTER: &str = "filter GET parameter can be used with values status or info.";
+const BAD_LIMIT: &str = "limit value should be an integer greater or equal to zero.";
+const BAD_OFFSET: &str = "offset value should be an integer greater or equal to zero.";
+/// Largest page; a larger `limit` is served as this.
+const MAX_LIMIT: u64 = 1000;
+/// Page size of the action history when the client gives no `limit`.
+const DEFAULT_ACTIONS_LIMIT: u64 = 20;
+
+pub fn health(store: &Store) -> Reply {
+    match store.ping() {
+        Ok(()) => Reply::json(200, &json!({"status": "ok", "database": "ok"})),
+        Err(e) => {
+            let why = Report(&e).to_string();
+            log::error!("health check: {why}");
+            Reply::json(503, &json!({"status": "unavailable", "database": why}))
+                .with_header("Retry-After", "5")
+        }
+    }
+}
+
+pub fn metrics(app: &App, store: &Store) -> Result<Reply, ApiError> {
+    let (queued, running) = store.live_counts()?;
+    let gauges = Gauges {
+        queued,
+        running,
+        channel: app.wakeups.len(),
+    };
+    Ok(Reply::text(
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        app.metrics.render(&gauges),
+    ))
+}
+
+fn owned(store: &Store, id: &str, user: &User) -> Result<Instance, ApiError> {
+    store
+        .owned_instance(id, &user.id)?
+        .ok_or_else(|| ApiError::NotFound(INSTANCE_NOT_FOUND.into()))
+}
+
+/// `limit` and `offset` from the query; `limit` None when absent.
+fn page(head: &Head) -> Result<(Option<u64>, u64), ApiError> {
+    let number = |name: &str, message: &str| -> Result<Option<u64>, ApiError> {
+        match head.query_param(name) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| ApiError::BadRequest(message.into())),
+        }
+    };
+    let limit = number("limit", BAD_LIMIT)?.map(|l| l.min(MAX_LIMIT));
+    let offset = number("offset", BAD_OFFSET)?.unwrap_or(0);
+    Ok((limit, offset))
+}
+
+/// `{"count","next","previous"}` with absolute URLs, or null at either end.
+fn pagination(base: &str, path: &str, limit: u64, offset: u64, count: u64) -> Value {
+    let link = |offset: u64| Value::String(format!("{base}{path}?limit={limit}&offset={offset}"));
+    let next = if limit > 0 && offset.saturating_add(limit) < count {
+        link(offset + limit)
+    } else {
+        Value::Null
+    };
+    // Back one page, but never past the last page that has items.
+    let previous = if offset > 0 && limit > 0 && count > 0 {
+        let last_page = (count - 1) / limit * limit;
+        link(offset.saturating_sub(limit).min(last_page))
+    } else {
+        Value::Null
+    };
+    json!({"count": count, "next": next, "previous": previous})
+}
+
+/// `GET /api/lambda-instances/[?limit=&offset=]`.
+pub fn list_instances(
+    app: &App,
+    store: &Store,
+    head: &Head,
+    user: &User,
+) -> Result<Reply, ApiError> {
+    let (limit, offset) = page(head)?;
+    let data: Vec<Value> = store
+        .list_instances(&user.id, limit, offset)?
+        .into_iter()
+        .map(|i| {
+            let mut status = json!({
+                "message": i.status.name(),
+                "code": i.status.code(),
+                "detail": i.status.detail(),
+            });
+            if let Some(m) = i.failure_message {
+                status["failure_message"] = Value::String(m);
+            }
+            json!({"name": i.name, "id": i.id, "status": status})
+        })
+        .collect();
+    let mut body = json!({
+        "status": {"short_description": "Lambda instances", "code": 200},
+        "data": data,
+    });
+    if let Some(limit) = limit {
+        let count = store.count_instances(&user.id)?;
+        let base = head.base_url(&app.listen);
+        body["pagination"] = pagination(&base, "/api/lambda-instances/", limit, offset, count);
+    }
+    Ok(Reply::json(200, &body))
+}
+
+/// `GET /api/lambda-instances/count/`.
+pub fn count_instances(store: &Store, user: &User) -> Result<Reply, ApiError> {
+    Ok(Reply::json(
+        200,
+        &json!({
+            "status": {"short_description": "Number of Lambda Instances", "code": 200},
+            "data": [{"count": store.count_instances(&user.id)?}],
+        }),
+    ))
+}
+
+/// `GET /api/lambda-instances/{id}/actions/[?limit=&offset=]`: newest first, always paged.
+pub fn list_actions(
+    app: &App,
+    store: &Store,
+    head: &Head,
+    user: &User,
+    id: &str,
+) -> Result<Reply, ApiError> {
+    let (limit, offset) = page(head)?;
+    owned(store, id, user)?;
+    let limit = limit.unwrap_or(DEFAULT_ACTIONS_LIMIT);
+    let data: Vec<Value> = store
+        .list_actions(id, limit, offset)?
+        .iter()
+        .map(action_json)
+        .collect();
+    let count = store.count_actions(id)?;
+    let path = format!("/api/lambda-instances/{id}/actions/");
+    let base = head.base_url(&app.listen);
+    Ok(Reply::json(
+        200,
+        &json!({
+            "status": {"short_description": "Lambda instance actions", "code": 200},
+            "data": data,
+            "pagination": pagination(&base, &path, limit, offset, count),
+        }),
+    ))
+}
+
+/// `GET /api/lambda-instances/{id}/actions/{action_id}/`; while the action is live, with a
+/// `Retry-After` for the client following it.
+pub fn action(
+    app: &App,
+    store: &Store,
+    user: &User,
+    id: &str,
+    action_id: &str,
+) -> Result<Reply, ApiError> {
+    owned(store, id, user)?;
+    let record = store
+        .action(id, action_id)?
+        .ok_or_else(|| ApiError::NotFound(ACTION_NOT_FOUND.into()))?;
+    let reply = Reply::json(200, &action_json(&record));
+    if !record.state.is_live() {
+        return Ok(reply);
+    }
+    let age = (store.now_ms() - record.created_at).max(0) as u64;
+    let retry = app.eta.retry_after(std::time::Duration::from_millis(age));
+    Ok(reply.with_header("Retry-After", retry.to_string()))
+}
+
+/// The `status` object of an instance.
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    message: &'static str,
+    code: &'static str,
+    detail: &'static str,
+    failure_message: &'a str,
+}
+
+impl StatusJson<'_> {
+    fn of(instance: &Instance) -> StatusJson<'_> {
+        StatusJson {
+            message: instance.status.name(),
+            code: instance.status.code(),
+            detail: instance.status.detail(),
+            failure_message: instance.failure_message.as_deref().unwrap_or(""),
+        }
+    }
+}
+
+/// The `info` object of an instance.
+#[derive(Serialize)]
+struct InfoJson<'a> {
+    master_server: &'a str,
+    slave_servers: &'a [String],
+    created_at: String,
+}
+
+/// One instance's details, as the status poll answers them. Serialized straight from the
+/// row: this is the busiest answer of the service.
+#[derive(Serialize)]
+struct DetailsJson<'a> {
+    id: &'a str,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<InfoJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusJson<'a>>,
+}
+
+/// `{"status": {...}, "data": [item]}`, the envelope of a read.
+#[derive(Serialize)]
+struct Described<T> {
+    status: Description,
+    data: [T; 1],
+}
+
+#[derive(Serialize)]
+struct Description {
+    short_description: &'static str,
+    code: u16,
+}
+
+/// `GET /api/lambda-instances/{id}/[?filter=info|status]`.
+pub fn instance_details(
+    store: &Store,
+    head: &Head,
+    user: &User,
+    id: &str,
+) -> Result<Reply, ApiError> {
+    let filter = head.query_param("filter");
+    let (info, status) = match filter.as_deref() {
+        None | Some("") => (true, true),
+        Some("info") => (true, false),
+        Some("status") => (false, true),
+        Some(_) => return Err(ApiError::BadRequest(BAD_FILTER.into())),
+    };
+    let instance = owned(store, id, user)?;
+    let details = DetailsJson {
+        id: &instance.id,
+        name: &instance.name,
+        info: info.then(|| InfoJson {
+            master_server: &instance.master,
+            slave_servers: &instance.slaves,
+            created_at: rfc3339(instance.created_at),
+        }),
+        status: status.then(|| StatusJson::of(&instance)),
+    };
+    Ok(Reply::json(
+        200,
+        &Described {
+            status: Description {
+                short_description: "Lambda instance details",
+                code: 200,
+            },
+            data: [details],
+        },
+    ))
+}
+
+fn action_json(a: &ActionRecord) -> Value {
+    json!({
+        "id": a.id,
+        "action": a.action.name(),
+        "state": a.state.name(),
+        "created_at": rfc3339(a.created_at),
+        "started_at": a.started_at.map(rfc3339),
+        "finished_at": a.finished_at.map(rfc3339),
+        "attempts": a.attempts,
+        "error": a.error,
+        "steps": a.steps.iter().map(|s| json!({
+            "vm": s.vm, "op": s.op, "result": s.result, "at": rfc3339(s.at),
+        })).collect::<Vec<Value>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagination_links() {
+        let check = |limit, offset, count, next: Option<u64>, previous: Option<u64>| {
+            let v = pagination("http://h", "/p/", limit, offset, count);
+            let link = |o: Option<u64>| {
+                o.map_or(Value::Null, |o| {
+                    Value::String(format!("http://h/p/?limit={limit}&offset={o}"))
+                })
+            };
+            assert_eq!(v["count"], count);
+            assert_eq!(v["next"], link(next), "next of {limit} {offset} {count}");
+            assert_eq!(
+                v["previous"],
+                link(previous),
+                "previous of {limit} {offset} {count}"
+            );
+        };
+        check(2, 0, 5, Some(2), None);
+        check(2, 2, 5, Some(4), Some(0));
+        check(2, 4, 5, None, Some(2));
+        check(2, 1, 5, Some(3), Some(0));
+        check(2, 9, 5, None, Some(4));
+        check(2, 3, 4, None, Some(1));
+        check(0, 0, 5, None, None);
+        check(3, 0, 0, None, None);
+    }
+}

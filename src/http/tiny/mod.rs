@@ -1,0 +1,368 @@
+//! tiny_http 0.12, quarantined: the only file of the service that names it. The rest of the
+//! HTTP side sees a [`Server`] that hands out [`Exchange`]s: a checked request head, a body to
+//! read once the head is accepted, and a way to answer. Every behaviour of tiny_http 0.12
+//! that the service works around is here, each with its reason:
+//!
+//! - `num_connections()` panics (unimplemented): open connections are counted from the
+//!   kernel's socket tables instead, per server ([`Connections`]).
+//! - It reads a request's whole head with no limit: a head past [`MAX_HEAD_BYTES`] is
+//!   answered 431 and its connection closed (the memory was already taken by then).
+//! - Dropping a request with its body unread makes it allocate the whole remaining
+//!   `Content-Length` at once to drain it (10^12 aborts the process): small remainders are
+//!   drained on a bounded set of drainer threads, larger ones are abandoned.
+//! - Its pool counts idle threads racily, so a new connection can wait behind a busy
+//!   keep-alive one: one response in [`CLOSE_EVERY`] ends its connection.
+//! - It drops a `Connection` header from a `Response`: a closing response is written by hand.
+//! - Its TLS feature is built on a vulnerable rustls: it is never enabled (Cargo.toml).
+
+mod connections;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::reply::Reply;
+use super::request::{BodySource, Head};
+use connections::{Connections, Source};
+
+/// Largest request head (request line and headers) answered normally; nginx's default
+/// `large_client_header_buffers` is as big.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// tiny_http reads bodies up to this size (without `Expect: 100-continue`) before handing the
+/// request over; larger ones stay on the socket.
+const BUFFERED_BY_TINY_HTTP: u64 = 1024;
+/// Up to this many unread body bytes, a request is drained (on a drainer thread) rather than
+/// abandoned.
+const MAX_DRAIN: u64 = 16 << 20;
+/// Drainer threads of one server at once; past that, the handler drains itself.
+const MAX_DRAINERS: usize = 64;
+/// One response in this many asks its client to close the connection.
+const CLOSE_EVERY: u64 = 1000;
+
+/// A listening tiny_http server and what the service keeps about it.
+pub struct Server {
+    inner: tiny_http::Server,
+    addr: Option<SocketAddr>,
+    connections: Connections,
+    /// Drainer threads running now.
+    drainers: Arc<AtomicUsize>,
+    /// Responses written, for the keep-alive policy.
+    responses: AtomicU64,
+}
+
+/// How a response left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Written (or the client was gone).
+    Written,
+    /// Not written: the request declared a body too large to drain, and its connection is
+    /// left to its client.
+    Abandoned,
+}
+
+impl Server {
+    /// Binds `host:port`, or `unix:/path` (a stale socket file is replaced; the new one is
+    /// made mode 0660, for a front such as nginx in the same group).
+    pub fn bind(listen: &str) -> Result<Server, String> {
+        let (inner, source) = match listen.strip_prefix("unix:") {
+            None => {
+                let inner = tiny_http::Server::http(listen).map_err(|e| e.to_string())?;
+                let port = inner.server_addr().to_ip().map(|a| a.port());
+                (inner, port.map(Source::Tcp))
+            }
+            Some(path) => (bind_unix(path)?, Some(Source::Unix(path.to_string()))),
+        };
+        let connections = Connections::new(source);
+        if let Some(why) = connections.cannot_count() {
+            log::warn!("max_connections is not enforced on {listen}: {why}");
+        }
+        Ok(Server {
+            addr: inner.server_addr().to_ip(),
+            inner,
+            connections,
+            drainers: Arc::default(),
+            responses: AtomicU64::new(0),
+        })
+    }
+
+    /// The TCP address (the real port when bound to port 0), or None on a Unix socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// The next request, waiting at most `timeout`.
+    pub fn recv(&self, timeout: Duration) -> std::io::Result<Option<Exchange<'_>>> {
+        Ok(self
+            .inner
+            .recv_timeout(timeout)?
+            .map(|r| Exchange::new(self, r)))
+    }
+
+    /// A request already read, if any.
+    pub fn try_recv(&self) -> Option<Exchange<'_>> {
+        self.inner
+            .try_recv()
+            .ok()
+            .flatten()
+            .map(|r| Exchange::new(self, r))
+    }
+
+    /// Wakes every thread waiting in [`Server::recv`].
+    pub fn unblock(&self) {
+        self.inner.unblock();
+    }
+
+    /// Connections open to this server now (counted at most 100 ms ago), or None where they
+    /// cannot be counted.
+    pub fn open_connections(&self) -> Option<usize> {
+        self.connections.open()
+    }
+
+    /// Counts a response; true if it is to ask the client to close. Ending a connection now
+    /// and then frees a pool thread within milliseconds under load, as nginx's
+    /// `keepalive_requests` does.
+    fn close_due(&self) -> bool {
+        self.responses.fetch_add(1, Ordering::Relaxed) % CLOSE_EVERY == CLOSE_EVERY - 1
+    }
+}
+
+#[cfg(unix)]
+fn bind_unix(path: &str) -> Result<tiny_http::Server, String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let path = std::path::Path::new(path);
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(format!("{} exists and is not a socket", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| e.to_string())?;
+    }
+    let server = tiny_http::Server::http_unix(path).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| e.to_string())?;
+    Ok(server)
+}
+
+#[cfg(not(unix))]
+fn bind_unix(_: &str) -> Result<tiny_http::Server, String> {
+    Err("Unix sockets are not available here".into())
+}
+
+/// One request and its answer.
+pub struct Exchange<'s> {
+    server: &'s Server,
+    request: tiny_http::Request,
+    head: Head,
+    head_bytes: usize,
+    /// The handler started reading the body.
+    touched: bool,
+}
+
+impl<'s> Exchange<'s> {
+    fn new(server: &'s Server, request: tiny_http::Request) -> Exchange<'s> {
+        let headers: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .map(|h| (h.field.as_str().to_string(), h.value.to_string()))
+            .collect();
+        // As sent, give or take whitespace: the request line, each header line, the blank line.
+        let head_bytes = request.method().as_str().len()
+            + request.url().len()
+            + 12
+            + headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 4)
+                .sum::<usize>()
+            + 2;
+        let head = Head::new(request.method().as_str(), request.url(), headers);
+        Exchange {
+            server,
+            request,
+            head,
+            head_bytes,
+            touched: false,
+        }
+    }
+
+    /// The head, and the body to read once the head is accepted.
+    pub fn parts(&mut self) -> (&Head, Body<'_>) {
+        let body = Body {
+            request: &mut self.request,
+            touched: &mut self.touched,
+        };
+        (&self.head, body)
+    }
+
+    /// Connections open to this request's server now, or None where they cannot be counted.
+    pub fn open_connections(&self) -> Option<usize> {
+        self.server.open_connections()
+    }
+
+    /// Whether the head is larger than [`MAX_HEAD_BYTES`].
+    pub fn head_too_large(&self) -> bool {
+        self.head_bytes > MAX_HEAD_BYTES
+    }
+
+    /// Writes `reply`, ending the connection if `close` (or if the keep-alive policy says
+    /// so), and disposes of whatever body the handler left unread.
+    pub fn respond(self, reply: Reply, close: bool) -> Sent {
+        let Exchange {
+            server,
+            request,
+            head,
+            touched,
+            ..
+        } = self;
+        match unread_body(&head, touched) {
+            0 if close || server.close_due() => {
+                respond_closing(request, &reply, head.method == "HEAD");
+                Sent::Written
+            }
+            0 => {
+                respond(request, into_response(reply));
+                Sent::Written
+            }
+            n if n <= MAX_DRAIN => {
+                drain_elsewhere(&server.drainers, request, into_response(reply));
+                Sent::Written
+            }
+            n => {
+                // tiny_http would allocate all n bytes at once to drain them (and abort the
+                // process when it cannot): the request is abandoned instead, unanswered. Its
+                // connection stays open until the client goes. The nginx front refuses such
+                // requests before they get here.
+                log::warn!(
+                    "{} {}: abandoning a connection that declared a {n}-byte body",
+                    head.method,
+                    head.path
+                );
+                std::mem::forget(request);
+                Sent::Abandoned
+            }
+        }
+    }
+}
+
+/// The body of an exchange, borrowed beside its head.
+pub struct Body<'a> {
+    request: &'a mut tiny_http::Request,
+    touched: &'a mut bool,
+}
+
+impl BodySource for Body<'_> {
+    fn reader(&mut self) -> &mut dyn Read {
+        // tiny_http sends `100 Continue` here, when the body is first asked for.
+        *self.touched = true;
+        self.request.as_reader()
+    }
+}
+
+/// Answers a request whose body is left unread, on a drainer thread: dropping the request
+/// drains the body, so a client that declares a body and never sends it holds a drainer, not
+/// a handler.
+fn drain_elsewhere(
+    drainers: &Arc<AtomicUsize>,
+    request: tiny_http::Request,
+    response: tiny_http::Response<std::io::Cursor<Vec<u8>>>,
+) {
+    if drainers.fetch_add(1, Ordering::SeqCst) >= MAX_DRAINERS {
+        drainers.fetch_sub(1, Ordering::SeqCst);
+        respond(request, response);
+        return;
+    }
+    let mine = drainers.clone();
+    let spawned = std::thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || {
+            respond(request, response);
+            mine.fetch_sub(1, Ordering::SeqCst);
+        });
+    // A thread that cannot start drops its request here, unanswered: the drain happens on
+    // this thread, as it would have without drainers.
+    if let Err(e) = spawned {
+        drainers.fetch_sub(1, Ordering::SeqCst);
+        log::error!("starting a drainer: {e}");
+    }
+}
+
+/// How many declared body bytes are still on the socket: those of a body tiny_http did not
+/// buffer and the handler did not read.
+fn unread_body(head: &Head, touched: bool) -> u64 {
+    if touched || head.header("transfer-encoding").is_some() {
+        return 0;
+    }
+    let declared = head
+        .header("content-length")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let expects_continue = head
+        .header("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if declared > BUFFERED_BY_TINY_HTTP || (expects_continue && declared > 0) {
+        declared
+    } else {
+        0
+    }
+}
+
+/// Writes a response; a panic while tiny_http drains what is left of the request (it panics
+/// on a length it cannot even allocate) is contained.
+fn respond(request: tiny_http::Request, response: tiny_http::Response<std::io::Cursor<Vec<u8>>>) {
+    match catch_unwind(AssertUnwindSafe(|| request.respond(response))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::debug!("writing a response: {e}"),
+        Err(_) => log::error!("writing a response: tiny_http panicked while draining a body"),
+    }
+}
+
+/// A header value tiny_http and clients accept: visible ASCII, spaces and tabs.
+fn writable(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+/// Writes a response with `Connection: close`, by hand on the request's raw writer, with
+/// the headers tiny_http would add (`Date`, `Content-Length`). The client closes the
+/// connection on reading it; one that sends another request anyway is still served.
+fn respond_closing(request: tiny_http::Request, reply: &Reply, head_only: bool) {
+    let reason = tiny_http::StatusCode(reply.status).default_reason_phrase();
+    let mut out = Vec::with_capacity(256 + reply.body.len());
+    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", reply.status);
+    for (name, value) in reply.headers.iter().filter(|(_, v)| writable(v)) {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    let _ = write!(
+        out,
+        "Date: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+        reply.body.len()
+    );
+    if !head_only {
+        out.extend_from_slice(&reply.body);
+    }
+    // As in respond: a panic while tiny_http drains the rest of the request is contained.
+    let written = catch_unwind(AssertUnwindSafe(move || {
+        let mut writer = request.into_writer();
+        writer.write_all(&out).and_then(|()| writer.flush())
+    }));
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::debug!("writing a response: {e}"),
+        Err(_) => log::error!("writing a response: tiny_http panicked while draining a body"),
+    }
+}
+
+fn into_response(reply: Reply) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
+    for (name, value) in reply.headers.iter().filter(|(_, v)| writable(v)) {
+        // Every name is a constant and every value is checked above; one that still cannot
+        // be a header is left out rather than failing the whole reply.
+        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(h);
+        }
+    }
+    response
+}

@@ -1,0 +1,286 @@
+//! The `lambda_instances` and `instance_servers` tables: registering, reading and listing
+//! instances.
+
+use rusqlite::params;
+
+use super::{status_of, Result, Store, StoreError};
+use crate::model::Status;
+
+/// A lambda instance as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub status: Status,
+    pub failure_message: Option<String>,
+    pub master: String,
+    pub slaves: Vec<String>,
+    pub created_at: i64,
+}
+
+/// An instance as the list shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub id: String,
+    pub name: String,
+    pub status: Status,
+    pub failure_message: Option<String>,
+}
+
+/// An instance to register.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewInstance {
+    pub name: String,
+    pub owner: String,
+    pub master: String,
+    pub slaves: Vec<String>,
+    pub status: Status,
+}
+
+/// An instance's own columns, as `instance_from_row` takes them.
+type InstanceRow = (String, String, String, String, Option<String>, i64);
+
+/// Reads `id, name, owner, status, failure_message, created_at`.
+fn instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+/// An instance from its row and its VMs.
+fn with_servers(row: InstanceRow, master: String, slaves: Vec<String>) -> Result<Instance> {
+    let (id, name, owner, status, failure_message, created_at) = row;
+    Ok(Instance {
+        status: status_of(status)?,
+        id,
+        name,
+        owner,
+        failure_message,
+        master,
+        slaves,
+        created_at,
+    })
+}
+
+fn no_servers(instance_id: &str) -> StoreError {
+    StoreError::Corrupt(format!("instance {instance_id} has no servers"))
+}
+
+impl Store {
+    /// Registers instances in one transaction and returns their new uuids in order.
+    pub fn add_instances(&mut self, new: &[NewInstance]) -> Result<Vec<String>> {
+        let now = self.now_ms();
+        let tx = self.begin_write()?;
+        let mut ids = Vec::with_capacity(new.len());
+        {
+            let mut instance = tx.prepare(
+                "INSERT INTO lambda_instances (id, name, owner, status, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut server = tx.prepare(
+                "INSERT INTO instance_servers (instance_id, position, server_id) VALUES (?1, ?2, ?3)",
+            )?;
+            for i in new {
+                let id = uuid::Uuid::new_v4().to_string();
+                instance.execute(params![id, i.name, i.owner, i.status.name(), now])?;
+                let servers = std::iter::once(&i.master).chain(&i.slaves);
+                for (position, s) in servers.enumerate() {
+                    server.execute(params![id, position as i64, s])?;
+                }
+                ids.push(id);
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Registers one instance and returns its new uuid.
+    pub fn add_instance(&mut self, new: &NewInstance) -> Result<String> {
+        let mut ids = self.add_instances(std::slice::from_ref(new))?;
+        Ok(ids.remove(0))
+    }
+
+    /// Removes an instance and its history. Returns whether it existed.
+    pub fn remove_instance(&mut self, id: &str) -> Result<bool> {
+        let tx = self.begin_write()?;
+        let n = tx.execute("DELETE FROM lambda_instances WHERE id = ?1", params![id])?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// The master and the slaves of an instance, in order.
+    pub(super) fn servers(&self, instance_id: &str) -> Result<(String, Vec<String>)> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT server_id FROM instance_servers WHERE instance_id = ?1 ORDER BY position",
+        )?;
+        let mut all = stmt
+            .query_map(params![instance_id], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        if all.is_empty() {
+            return Err(no_servers(instance_id));
+        }
+        let master = all.remove(0);
+        Ok((master, all))
+    }
+
+    /// The instance `id` if `owner` owns it and it is not destroyed; another user's instance
+    /// is as absent as a missing one.
+    pub fn owned_instance(&self, id: &str, owner: &str) -> Result<Option<Instance>> {
+        // One statement, so one read transaction: a row per VM, the master first.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT i.id, i.name, i.owner, i.status, i.failure_message, i.created_at, s.server_id
+             FROM lambda_instances i LEFT JOIN instance_servers s ON s.instance_id = i.id
+             WHERE i.id = ?1 AND i.owner = ?2 AND i.status <> 'DESTROYED'
+             ORDER BY s.position",
+        )?;
+        let mut rows = stmt.query(params![id, owner])?;
+        let Some(first) = rows.next()? else {
+            return Ok(None);
+        };
+        let row = instance_row(first)?;
+        let Some(master) = first.get::<_, Option<String>>(6)? else {
+            return Err(no_servers(&row.0));
+        };
+        let mut slaves = Vec::new();
+        while let Some(r) = rows.next()? {
+            slaves.push(r.get(6)?);
+        }
+        with_servers(row, master, slaves).map(Some)
+    }
+
+    /// Every instance, for the command line.
+    pub fn all_instances(&self) -> Result<Vec<Instance>> {
+        let rows = self
+            .conn
+            .prepare(
+                "SELECT id, name, owner, status, failure_message, created_at
+                 FROM lambda_instances ORDER BY created_at, rowid",
+            )?
+            .query_map([], instance_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|row| {
+                let (master, slaves) = self.servers(&row.0)?;
+                with_servers(row, master, slaves)
+            })
+            .collect()
+    }
+
+    /// A page of `owner`'s instances, oldest first; DESTROYED ones are never listed.
+    pub fn list_instances(
+        &self,
+        owner: &str,
+        limit: Option<u64>,
+        offset: u64,
+    ) -> Result<Vec<Summary>> {
+        let limit = limit.map_or(-1, |l| l as i64);
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT id, name, status, failure_message FROM lambda_instances
+                 WHERE owner = ?1 AND status <> 'DESTROYED'
+                 ORDER BY created_at, rowid LIMIT ?2 OFFSET ?3",
+            )?
+            .query_map(params![owner, limit, offset as i64], |r| {
+                Ok(Summary {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    status: status_of(r.get(2)?)?,
+                    failure_message: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<Summary>>>()?;
+        Ok(rows)
+    }
+
+    /// How many instances `owner` has, DESTROYED ones left out.
+    pub fn count_instances(&self, owner: &str) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM lambda_instances WHERE owner = ?1 AND status <> 'DESTROYED'",
+            )?
+            .query_row(params![owner], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::Database;
+
+    pub(crate) const OWNER: &str = "u1";
+
+    /// A store on a manual clock at 1 000 000 ms.
+    pub(crate) fn store() -> (Store, std::sync::Arc<ManualClock>) {
+        let clock = ManualClock::at(1_000_000);
+        (Database::in_memory(clock.clone()), clock)
+    }
+
+    /// Registers an instance of OWNER with master `m` and slaves `s1`, `s2`.
+    pub(crate) fn instance(store: &mut Store, status: Status) -> String {
+        store
+            .add_instance(&NewInstance {
+                name: "demo".into(),
+                owner: OWNER.into(),
+                master: "m".into(),
+                slaves: vec!["s1".into(), "s2".into()],
+                status,
+            })
+            .unwrap()
+    }
+
+    pub(crate) fn status(store: &Store, id: &str) -> Status {
+        store.owned_instance(id, OWNER).unwrap().unwrap().status
+    }
+
+    #[test]
+    fn servers_keep_their_order() {
+        let (mut store, _) = store();
+        let id = instance(&mut store, Status::Stopped);
+        let i = store.owned_instance(&id, OWNER).unwrap().unwrap();
+        assert_eq!(i.master, "m");
+        assert_eq!(i.slaves, vec!["s1", "s2"]);
+        assert_eq!(i.created_at, 1_000_000);
+        assert!(store.owned_instance(&id, "someone else").unwrap().is_none());
+    }
+
+    #[test]
+    fn lists_and_counts_leave_destroyed_out() {
+        let (mut store, clock) = store();
+        let a = instance(&mut store, Status::Stopped);
+        clock.advance(std::time::Duration::from_millis(1));
+        instance(&mut store, Status::Destroyed);
+        clock.advance(std::time::Duration::from_millis(1));
+        let c = instance(&mut store, Status::Failed);
+        assert_eq!(store.count_instances(OWNER).unwrap(), 2);
+        let all: Vec<String> = store
+            .list_instances(OWNER, None, 0)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(all, vec![a.clone(), c.clone()]);
+        let page = store.list_instances(OWNER, Some(1), 1).unwrap();
+        assert_eq!(page[0].id, c);
+        assert!(store.list_instances(OWNER, Some(5), 9).unwrap().is_empty());
+        assert!(store.list_instances("nobody", None, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn remove_takes_the_history_along() {
+        let (mut store, _) = store();
+        let id = instance(&mut store, Status::Stopped);
+        assert!(store.remove_instance(&id).unwrap());
+        assert!(!store.remove_instance(&id).unwrap());
+        assert!(store.all_instances().unwrap().is_empty());
+    }
+}
