@@ -1,6 +1,7 @@
 //! Time as the store sees it: a [`Clock`] the service reads the system time from, and that
 //! unit tests set by hand instead of sleeping.
 
+#[cfg(test)]
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,9 +29,11 @@ pub fn system() -> Arc<dyn Clock> {
 }
 
 /// A clock that moves only when told to: for tests of leases and expiries.
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicI64);
 
+#[cfg(test)]
 impl ManualClock {
     pub fn at(ms: i64) -> Arc<ManualClock> {
         Arc::new(ManualClock(AtomicI64::new(ms)))
@@ -41,6 +44,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(test)]
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.0.load(Ordering::SeqCst)

@@ -6,7 +6,7 @@
 
 mod auth;
 pub mod cli;
-pub mod clock;
+mod clock;
 pub mod config;
 pub mod error;
 mod http;
@@ -27,7 +27,6 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::http::{App, HttpServer};
 use crate::shutdown::Shutdown;
-use crate::store::Database;
 use crate::worker::{Eta, Outside, Pool, Settings};
 
 /// The running service: HTTP threads and workers over one SQLite file.
@@ -42,11 +41,8 @@ impl Service {
     /// Opens (and migrates) the database, takes up actions a previous process left, and starts
     /// the workers and the HTTP threads.
     pub fn start(config: &Config) -> Result<Service, Error> {
-        Service::start_on(config, config.db())
-    }
-
-    /// As [`Service::start`], on `database` (opened with another clock, say).
-    pub fn start_on(config: &Config, database: Database) -> Result<Service, Error> {
+        // One Database for the whole process: its clones share the write lock.
+        let database = config.db();
         let (requeued, orphaned) = database.open()?.recover()?;
         if requeued > 0 || orphaned > 0 {
             log::info!(

@@ -41,7 +41,7 @@ pub struct NewInstance {
 /// An instance's own columns, as `instance_from_row` takes them.
 type InstanceRow = (String, String, String, String, Option<String>, i64);
 
-/// Reads `id, name, owner, status, failure_message, created_at`.
+/// Reads `id, name, owner, status, failure_message, created_at` (and ignores what follows).
 fn instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
     Ok((
         r.get(0)?,

@@ -86,16 +86,7 @@ impl Store {
                 "SELECT instance_id, action, token, compute_url, attempts, created_at
                  FROM actions WHERE id = ?1",
             )?
-            .query_row(params![action_id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?;
+            .query_row(params![action_id], |r| r.try_into())?;
         tx.commit()?;
         let (master, slaves) = self.servers(&instance_id)?;
         Ok(Some(Job {

@@ -150,12 +150,6 @@ impl Database {
         }
     }
 
-    /// The same database, read through another clock (for tests).
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Database {
-        self.clock = clock;
-        self
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
