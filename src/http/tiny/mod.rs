@@ -12,7 +12,10 @@
 //!   drained on a bounded set of drainer threads, larger ones are abandoned.
 //! - Its pool counts idle threads racily, so a new connection can wait behind a busy
 //!   keep-alive one: one response in [`CLOSE_EVERY`] ends its connection.
-//! - It drops a `Connection` header from a `Response`: a closing response is written by hand.
+//! - It writes a response's head and a body over about a kilobyte in two writes on a socket
+//!   with Nagle's algorithm on: the body then waits 40 ms for the client's delayed ACK. Every
+//!   response is written by hand, whole, in one write (which also lets it say `Connection:
+//!   close`, a header tiny_http drops).
 //! - Its TLS feature is built on a vulnerable rustls: it is never enabled (Cargo.toml).
 
 mod connections;
@@ -216,12 +219,13 @@ impl<'s> Exchange<'s> {
             ..
         } = self;
         match unread_body(&head, touched) {
-            0 if close || server.close_due() => {
-                respond_closing(request, &reply, head.method == "HEAD");
-                Sent::Written
-            }
             0 => {
-                respond(request, into_response(reply));
+                let connection = if close || server.close_due() || client_closes(&head, &request) {
+                    "close"
+                } else {
+                    "keep-alive"
+                };
+                write_whole(request, &reply, head.method == "HEAD", connection);
                 Sent::Written
             }
             n if n <= MAX_DRAIN => {
@@ -324,10 +328,25 @@ fn writable(value: &str) -> bool {
         .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
-/// Writes a response with `Connection: close`, by hand on the request's raw writer, with
-/// the headers tiny_http would add (`Date`, `Content-Length`). The client closes the
-/// connection on reading it; one that sends another request anyway is still served.
-fn respond_closing(request: tiny_http::Request, reply: &Reply, head_only: bool) {
+/// Whether tiny_http ends the connection after this request, as its client asked.
+fn client_closes(head: &Head, request: &tiny_http::Request) -> bool {
+    let connection = head.header("connection").map(str::to_ascii_lowercase);
+    let http_1_0 = *request.http_version() == tiny_http::HTTPVersion(1, 0);
+    match connection {
+        Some(c) if c.contains("close") || c.contains("upgrade") => true,
+        Some(c) => http_1_0 && !c.contains("keep-alive"),
+        None => http_1_0,
+    }
+}
+
+/// Writes a whole response in one write, by hand on the request's raw writer, with the
+/// headers tiny_http would add (`Date`, `Content-Length`) and `Connection`. tiny_http writes
+/// the head and a body of more than about a kilobyte in two writes; with Nagle's algorithm
+/// on its sockets (it never sets `TCP_NODELAY`), the second waits for the client's delayed
+/// ACK of the first: 40 ms added to every such answer on a keep-alive connection. It also
+/// drops a `Connection` header from a `Response`, so a closing answer cannot go through it.
+/// A client told to close that sends another request anyway is still served.
+fn write_whole(request: tiny_http::Request, reply: &Reply, head_only: bool, connection: &str) {
     let reason = tiny_http::StatusCode(reply.status).default_reason_phrase();
     let mut out = Vec::with_capacity(256 + reply.body.len());
     let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", reply.status);
@@ -336,7 +355,7 @@ fn respond_closing(request: tiny_http::Request, reply: &Reply, head_only: bool) 
     }
     let _ = write!(
         out,
-        "Date: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "Date: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
         httpdate::fmt_http_date(std::time::SystemTime::now()),
         reply.body.len()
     );
