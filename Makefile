@@ -12,7 +12,7 @@ RELEASE   := target/release
 DEMO_USER   := 1e9b2a3c-5d4f-4e6a-8b7c-9d0e1f2a3b4c
 DEMO_TOKEN  := demo-token-tJ3b3f32f23ceuqdoS
 
-.PHONY: bench wrk help build release run run-proxied cert nginx smoke test test-hostile lint unit smoke-demo clean
+.PHONY: bench bench-engine wrk help build release run run-proxied cert nginx smoke test test-hostile lint unit smoke-demo clean
 PROXY     ?= 127.0.0.1:8443
 
 help: ## list the targets
@@ -90,6 +90,10 @@ wrk: ## install wrk from the distribution's packages if missing
 bench: wrk release ## measure speed and footprint against ceilings of the same run (never in `make test`)
 	@mkdir -p target/bench
 	$(RELEASE)/lambda-bench
+
+bench-engine: release ## the engine section of `make bench` alone: clusters brought up against D = 5 s VMs
+	@mkdir -p target/bench
+	$(RELEASE)/lambda-bench engine
 
 clean: ## remove build output and the demo's files
 	$(CARGO) clean

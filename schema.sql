@@ -1,7 +1,8 @@
 -- lambda-api schema (PRAGMA user_version says which version a database has).
 -- Applied by store::open inside one transaction whenever a database is older than the binary;
--- every statement is idempotent, so a change must be additive (version 2 added
--- idempotency_keys).
+-- every statement is idempotent, so a change must be additive. Version 2 added
+-- idempotency_keys; version 3 added actions.due_at and action_vms (the column is added by
+-- store/mod.rs's migration, since SQLite has no ADD COLUMN IF NOT EXISTS).
 -- Times are milliseconds since the Unix epoch (UTC).
 
 CREATE TABLE IF NOT EXISTS lambda_instances (
@@ -39,6 +40,8 @@ CREATE TABLE IF NOT EXISTS actions (
     created_at  INTEGER NOT NULL,
     started_at  INTEGER,
     finished_at INTEGER,
+    -- When a worker should next look at a live action (a VM to read, a retry); NULL once ended.
+    due_at      INTEGER,
     CHECK ((state IN ('queued', 'running')) = (token IS NOT NULL))
 );
 -- At most one live action per instance, whatever the code above does.
@@ -47,6 +50,23 @@ CREATE UNIQUE INDEX IF NOT EXISTS actions_one_live_per_instance
 CREATE INDEX IF NOT EXISTS actions_live ON actions (state, created_at)
     WHERE state IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS actions_by_instance ON actions (instance_id, created_at);
+CREATE INDEX IF NOT EXISTS actions_due ON actions (due_at) WHERE state IN ('queued', 'running');
+
+-- Where a run is with each VM of its action. Phase 0 goes first (the slaves of a start, the
+-- master of a stop); phase 1 once every VM of phase 0 is done.
+CREATE TABLE IF NOT EXISTS action_vms (
+    action_id TEXT NOT NULL REFERENCES actions (id) ON DELETE CASCADE,
+    vm        TEXT NOT NULL,
+    position  INTEGER NOT NULL,                 -- the instance's order: 0 is the master
+    phase     INTEGER NOT NULL,
+    state     TEXT NOT NULL CHECK (state IN ('todo', 'waiting', 'done')),
+    sent      INTEGER NOT NULL DEFAULT 0,       -- the command was sent, or found under way
+    since     INTEGER,                          -- when the wait for the VM began
+    next_at   INTEGER NOT NULL,                 -- when the VM is next due
+    polls     INTEGER NOT NULL DEFAULT 0,       -- reads since the wait began
+    tries     INTEGER NOT NULL DEFAULT 0,       -- failed tries of the current call
+    PRIMARY KEY (action_id, vm)
+) WITHOUT ROWID;
 
 -- What a run did, VM by VM.
 CREATE TABLE IF NOT EXISTS action_steps (

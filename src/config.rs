@@ -51,7 +51,8 @@ keys! {
     /// Open connections past which requests get a fast 503.
     #[serde(deserialize_with = "within::<1, 1048576, _, _>")]
     max_connections: usize = 1024,
-    /// Threads running actions against ~okeanos.
+    /// Threads calling ~okeanos for the actions: they bound the calls made at once, not the
+    /// actions under way.
     #[serde(deserialize_with = "within::<1, 256, _, _>")]
     workers: usize = 4,
     /// Wake-ups buffered for the workers (SQLite holds the truth).
@@ -69,10 +70,11 @@ keys! {
     /// Timeout of one call to ~okeanos (identity or compute).
     #[serde(deserialize_with = "within::<1, 600, _, _>")]
     okeanos_timeout_secs: u64 = 10,
-    /// Pause between two reads of a VM's status while waiting.
+    /// Pause before the first read of a VM after its command; each later pause is a fifth
+    /// longer, up to 5 s.
     #[serde(deserialize_with = "within::<1, 600000, _, _>")]
     poll_interval_ms: u64 = 1000,
-    /// How long one VM may take to reach its target state.
+    /// How long one VM may take to reach its target state, from its command.
     #[serde(deserialize_with = "within::<1, 86400, _, _>")]
     vm_wait_timeout_secs: u64 = 600,
     /// Tries of one ~okeanos call before a transient fault fails the action.

@@ -64,6 +64,7 @@ impl Service {
                 client: client.clone(),
                 metrics: metrics.clone(),
                 eta: eta.clone(),
+                nudge: wakeups.clone(),
             },
             shutdown.clone(),
         )?;

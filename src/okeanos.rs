@@ -1,6 +1,7 @@
 //! The ~okeanos client: identity (Astakos) token checks and the Cyclades compute calls.
 //! The only module that knows ureq and Synnefo's JSON.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -209,12 +210,12 @@ impl Client {
         &self,
         compute: &str,
         token: &str,
-        server: &str,
+        server_id: &str,
     ) -> Result<ServerState, OkeanosError> {
         let started = Instant::now();
         let reply = self
             .agent
-            .get(&format!("{compute}/servers/{server}"))
+            .get(&format!("{compute}/servers/{server_id}"))
             .header("X-Auth-Token", token)
             .header("Accept", "application/json")
             .call();
@@ -226,16 +227,40 @@ impl Client {
         }
         let v: Value = serde_json::from_slice(&body)
             .map_err(|e| OkeanosError::Transport(format!("server reply is not JSON: {e}")))?;
-        let status = v["server"]["status"]
-            .as_str()
-            .ok_or_else(|| OkeanosError::Transport("server reply without server.status".into()))?;
-        Ok(ServerState {
-            status: status.to_string(),
-            task: v["server"]["SNF:task_state"]
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
-        })
+        let mut server = v["server"].clone();
+        // The id is the one asked for, whether or not the reply repeats it.
+        server["id"] = Value::String(server_id.to_string());
+        server_state(&server)
+            .map(|(_, state)| state)
+            .ok_or_else(|| OkeanosError::Transport("server reply without server.status".into()))
+    }
+
+    /// `GET {compute}/servers/detail` → the status and task of every server of the token's
+    /// owner, by server id: one call for all of an owner's VMs.
+    pub fn servers_detail(
+        &self,
+        compute: &str,
+        token: &str,
+    ) -> Result<HashMap<String, ServerState>, OkeanosError> {
+        let started = Instant::now();
+        let reply = self
+            .agent
+            .get(&format!("{compute}/servers/detail"))
+            .header("X-Auth-Token", token)
+            .header("Accept", "application/json")
+            .call();
+        let reply = read(reply);
+        self.record("detail", started, &reply);
+        let (status, body) = reply.map_err(OkeanosError::Transport)?;
+        if status != 200 {
+            return Err(fault(status, &body));
+        }
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| OkeanosError::Transport(format!("servers reply is not JSON: {e}")))?;
+        let servers = v["servers"]
+            .as_array()
+            .ok_or_else(|| OkeanosError::Transport("servers reply without servers".into()))?;
+        Ok(servers.iter().filter_map(server_state).collect())
     }
 
     /// `POST {compute}/servers/{id}/action` with `{"start":{}}` or `{"shutdown":{}}`.
@@ -278,6 +303,20 @@ fn read(
         .read_to_vec()
         .map_err(|e| format!("{e} after {} ms", started.elapsed().as_millis()))?;
     Ok((status, body))
+}
+
+/// A server object of Cyclades: its id (a number or a string), status and task.
+fn server_state(server: &Value) -> Option<(String, ServerState)> {
+    let id = match &server["id"] {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let state = ServerState {
+        status: server["status"].as_str()?.to_string(),
+        task: server["SNF:task_state"].as_str().unwrap_or("").to_string(),
+    };
+    Some((id, state))
 }
 
 fn parse_identity(body: &[u8]) -> Option<Identity> {
@@ -353,6 +392,25 @@ mod tests {
         assert!(e.is_transient());
         assert!(fault(409, b"").is_transient());
         assert!(!fault(404, b"{}").is_transient());
+    }
+
+    #[test]
+    fn servers_are_read_by_id_whatever_its_type() {
+        let v: Value = serde_json::from_str(
+            r#"{"servers":[{"id":101,"status":"ACTIVE"},
+                           {"id":"102","status":"STOPPED","SNF:task_state":"STARTING"},
+                           {"id":103}]}"#,
+        )
+        .unwrap();
+        let all: HashMap<String, ServerState> = v["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(server_state)
+            .collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all["101"].to_string(), "ACTIVE");
+        assert_eq!(all["102"].to_string(), "STOPPED (task STARTING)");
     }
 
     #[test]

@@ -22,6 +22,12 @@ fn action_id(r: &Resp) -> String {
 /// One row of the state table: an instance in `status` asked to `action`.
 fn check(status: Status, action: &str, expected: u16, message: Option<&str>) {
     let h = slow();
+    if action == "stop" {
+        // VMs that are up, so that a stop has something to wait for.
+        for vm in [MASTER, SLAVES[0], SLAVES[1]] {
+            h.sim.set_vm_status(vm, "ACTIVE");
+        }
+    }
     let id = h.add_instance(status);
     let r = h.action(&id, action);
     assert_eq!(r.status, expected, "{status:?} {action}: {}", r.body);

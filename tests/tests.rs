@@ -7,6 +7,8 @@ mod support;
 mod action;
 /// Crashes, restarts, shutdown, concurrent writers and secrets at rest.
 mod durability;
+/// The action engine: phases, waits that hold no thread, many actions per worker.
+mod engine;
 /// A misbehaving ~okeanos.
 mod faults;
 /// Mutated requests from a fixed seed.

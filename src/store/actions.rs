@@ -117,8 +117,9 @@ fn create_one(conn: &Connection, a: &NewAction, now: i64) -> Result<Requested> {
     // actions committed together share its last page instead of each dirtying a random one.
     let id = uuid::Uuid::now_v7().to_string();
     conn.prepare_cached(
-        "INSERT INTO actions (id, instance_id, action, state, token, compute_url, created_at)
-         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+        "INSERT INTO actions (id, instance_id, action, state, token, compute_url, created_at,
+                              due_at)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?6)",
     )?
     .execute(params![
         id,

@@ -115,7 +115,7 @@ impl Store {
     }
 
     /// The master and the slaves of an instance, in order.
-    pub(super) fn servers(&self, instance_id: &str) -> Result<(String, Vec<String>)> {
+    fn servers(&self, instance_id: &str) -> Result<(String, Vec<String>)> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT server_id FROM instance_servers WHERE instance_id = ?1 ORDER BY position",
         )?;

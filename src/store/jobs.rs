@@ -1,43 +1,127 @@
-//! The worker's side of the `actions` table: recovery at start, claims with leases (so that
-//! an action has one holder at a time, and a stale holder is fenced off), steps, and the end
+//! The worker's side of the `actions` and `action_vms` tables. An action is run in short
+//! ticks: a worker claims an action that is due (under a lease, so that it has one holder at
+//! a time and a stale holder is fenced off), makes the calls that are due, saves where each
+//! VM is and when the action is next due, and parks it. Also recovery at start, and the end
 //! of an action with its instance's new status.
 
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::{kind_of, Result, Store};
+use super::{kind_of, Result, Store, StoreError};
 use crate::model::{ActionKind, Status};
 
-/// What the worker needs to run an action it has claimed.
+/// Where a run is with one VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    /// Not looked at yet in this run.
+    Todo,
+    /// Read at least once; not in its target state yet.
+    Waiting,
+    /// In its target state.
+    Done,
+}
+
+impl VmState {
+    fn name(self) -> &'static str {
+        match self {
+            VmState::Todo => "todo",
+            VmState::Waiting => "waiting",
+            VmState::Done => "done",
+        }
+    }
+
+    fn parse(name: &str) -> rusqlite::Result<VmState> {
+        match name {
+            "todo" => Ok(VmState::Todo),
+            "waiting" => Ok(VmState::Waiting),
+            "done" => Ok(VmState::Done),
+            other => Err(super::bad_value(format!("unknown VM state {other:?}"))),
+        }
+    }
+}
+
+/// One VM of a claimed action, and where its run is with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmProgress {
+    pub vm: String,
+    /// The instance's order: 0 is the master.
+    pub position: i64,
+    /// 0 goes first; 1 once every VM of phase 0 is done.
+    pub phase: i64,
+    pub state: VmState,
+    /// The action's command was sent to it, or found under way.
+    pub sent: bool,
+    /// When the wait for it began: the command sent or found under way, or its first read.
+    pub since: Option<i64>,
+    /// When it is next due.
+    pub next_at: i64,
+    /// Reads since the wait began.
+    pub polls: i64,
+    /// Failed tries of the current call.
+    pub tries: i64,
+}
+
+/// One line of an action's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewStep {
+    pub vm: String,
+    pub op: String,
+    pub result: String,
+}
+
+/// What a worker needs for a tick of an action it has claimed.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub action_id: String,
     pub instance_id: String,
+    pub owner: String,
     pub action: ActionKind,
     pub token: String,
     pub compute_url: String,
-    pub master: String,
-    pub slaves: Vec<String>,
     pub claim: String,
+    /// How many times a run took the action up: 1, then one more for each restart or
+    /// takeover of an expired lease.
     pub attempt: i64,
     pub created_at: i64,
+    pub vms: Vec<VmProgress>,
 }
 
 fn millis(d: Duration) -> i64 {
     d.as_millis() as i64
 }
 
+/// The phase of the VM at `position` for `kind`: a start brings the slaves up first, then
+/// the master; a stop takes the master down first, then the slaves.
+fn phase_of(kind: ActionKind, position: i64) -> i64 {
+    match (kind, position) {
+        (ActionKind::Start, 0) | (ActionKind::Stop, 1..) => 1,
+        _ => 0,
+    }
+}
+
+/// Whether `claim` still holds `action_id`; renews its lease if it does.
+fn renew(tx: &Transaction, action_id: &str, claim: &str, until: i64) -> Result<bool> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE actions SET lease_until = ?3 WHERE id = ?1 AND claim = ?2 AND state = 'running'",
+        )?
+        .execute(params![action_id, claim, until])?
+        == 1)
+}
+
 impl Store {
-    /// At start-up, before any worker runs: every action a previous process was running goes
-    /// back to the queue (this process is the database's only user), and an instance left in
-    /// STARTING or STOPPING with nothing in flight is marked FAILED.
+    /// At start-up, before any worker runs: every live action goes back to the queue (this
+    /// process is the database's only user; it will read every VM again before acting), and
+    /// an instance left in STARTING or STOPPING with nothing in flight is marked FAILED.
+    /// Returns how many actions were taken up again and how many instances failed.
     pub fn recover(&mut self) -> Result<(usize, usize)> {
+        let now = self.now_ms();
         let tx = self.begin_write()?;
         let requeued = tx.execute(
-            "UPDATE actions SET state = 'queued', claim = NULL, lease_until = NULL
+            "UPDATE actions SET state = 'queued', claim = NULL, lease_until = NULL, due_at = ?1
              WHERE state = 'running'",
-            [],
+            params![now],
         )?;
         let orphaned = tx.execute(
             "UPDATE lambda_instances
@@ -51,30 +135,35 @@ impl Store {
         Ok((requeued, orphaned))
     }
 
-    /// Claims the oldest queued action, or a running one whose lease has expired, for
-    /// `lease`. The claim is fresh, so whoever held the action before can no longer write it.
-    pub fn claim_next(&mut self, lease: Duration) -> Result<Option<Job>> {
+    /// Claims the action due the longest, for `lease`: a running one whose due time has
+    /// come, one whose holder's lease has expired, or (with `queued`) a new one. The claim is
+    /// fresh, so whoever held the action before can no longer write it.
+    pub fn claim_due(&mut self, lease: Duration, queued: bool) -> Result<Option<Job>> {
         let now = self.now_ms();
         let tx = self.begin_write()?;
         let next: Option<String> = tx
             .prepare_cached(
                 "SELECT id FROM actions
-                 WHERE state = 'queued' OR (state = 'running' AND lease_until < ?1)
-                 ORDER BY created_at, rowid LIMIT 1",
+                 WHERE state IN ('queued', 'running') AND due_at <= ?1
+                   AND ((state = 'queued' AND ?2) OR (state = 'running' AND claim IS NULL)
+                        OR (state = 'running' AND lease_until < ?1))
+                 ORDER BY due_at, rowid LIMIT 1",
             )?
-            .query_row(params![now], |r| r.get(0))
+            .query_row(params![now, queued], |r| r.get(0))
             .optional()?;
         let Some(action_id) = next else {
             return Ok(None);
         };
         let claim = uuid::Uuid::new_v4().to_string();
-        tx.execute(
-            "UPDATE actions SET state = 'running', claim = ?2, lease_until = ?3,
-                 attempts = attempts + 1, started_at = COALESCE(started_at, ?4)
+        tx.prepare_cached(
+            "UPDATE actions SET attempts = attempts + (state = 'queued' OR claim IS NOT NULL),
+                 state = 'running', claim = ?2, lease_until = ?3,
+                 started_at = COALESCE(started_at, ?4)
              WHERE id = ?1",
-            params![action_id, claim, now + millis(lease), now],
-        )?;
-        let (instance_id, action, token, compute_url, attempt, created_at): (
+        )?
+        .execute(params![action_id, claim, now + millis(lease), now])?;
+        let (instance_id, owner, action, token, compute_url, attempt, created_at): (
+            String,
             String,
             String,
             String,
@@ -83,71 +172,97 @@ impl Store {
             i64,
         ) = tx
             .prepare_cached(
-                "SELECT instance_id, action, token, compute_url, attempts, created_at
-                 FROM actions WHERE id = ?1",
+                "SELECT a.instance_id, i.owner, a.action, a.token, a.compute_url, a.attempts,
+                        a.created_at
+                 FROM actions a JOIN lambda_instances i ON i.id = a.instance_id WHERE a.id = ?1",
             )?
             .query_row(params![action_id], |r| r.try_into())?;
+        let action = kind_of(action)?;
+        let mut vms = read_vms(&tx, &action_id)?;
+        if vms.is_empty() {
+            // The first tick of this action: every VM of the instance, nothing done yet.
+            tx.prepare_cached(
+                "INSERT INTO action_vms (action_id, vm, position, phase, state, next_at)
+                 SELECT ?1, server_id, position,
+                        CASE WHEN (?2 = 'start') = (position = 0) THEN 1 ELSE 0 END, 'todo', ?3
+                 FROM instance_servers WHERE instance_id = ?4",
+            )?
+            .execute(params![action_id, action.name(), now, instance_id])?;
+            vms = read_vms(&tx, &action_id)?;
+            if vms.is_empty() {
+                return Err(StoreError::Corrupt(format!(
+                    "instance {instance_id} has no servers"
+                )));
+            }
+            debug_assert!(vms.iter().all(|v| v.phase == phase_of(action, v.position)));
+        }
         tx.commit()?;
-        let (master, slaves) = self.servers(&instance_id)?;
         Ok(Some(Job {
             action_id,
             instance_id,
-            action: kind_of(action)?,
+            owner,
+            action,
             token,
             compute_url,
-            master,
-            slaves,
             claim,
             attempt,
             created_at,
+            vms,
         }))
     }
 
-    /// Records a step of a claimed action and renews its lease. Returns false when the claim
-    /// is no longer current (the action was taken over): the caller must stop working on it.
-    pub fn record_step(
+    /// Saves what a tick did: the VMs it changed and the steps it took, and renews the
+    /// lease. Returns false when the claim is no longer current (the action was taken over):
+    /// the caller must stop working on it.
+    pub fn save(
         &mut self,
         job: &Job,
         lease: Duration,
-        vm: &str,
-        op: &str,
-        result: &str,
+        vms: &[VmProgress],
+        steps: &[NewStep],
     ) -> Result<bool> {
         let now = self.now_ms();
         let tx = self.begin_write()?;
-        let held = tx.execute(
-            "UPDATE actions SET lease_until = ?3 WHERE id = ?1 AND claim = ?2 AND state = 'running'",
-            params![job.action_id, job.claim, now + millis(lease)],
-        )? == 1;
-        if held {
-            tx.execute(
-                "INSERT INTO action_steps (action_id, seq, vm, op, result, at)
-                 SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5
-                 FROM action_steps WHERE action_id = ?1",
-                params![job.action_id, vm, op, result, now],
-            )?;
+        if !renew(&tx, &job.action_id, &job.claim, now + millis(lease))?
+            || !write_progress(&tx, job, now, vms, steps)?
+        {
+            return Ok(false);
         }
         tx.commit()?;
-        Ok(held)
+        Ok(true)
     }
 
-    /// Renews the lease of a claimed action; false when the claim is no longer current.
-    pub fn renew(&mut self, job: &Job, lease: Duration) -> Result<bool> {
-        let until = self.now_ms() + millis(lease);
-        let tx = self.begin_write()?;
-        let n = tx.execute(
-            "UPDATE actions SET lease_until = ?3 WHERE id = ?1 AND claim = ?2 AND state = 'running'",
-            params![job.action_id, job.claim, until],
-        )?;
-        tx.commit()?;
-        Ok(n == 1)
-    }
-
-    /// Ends a claimed action: succeeded (`error` None) or failed, in one transaction with the
-    /// instance's new status. The token is erased. Returns false when the claim was lost.
-    pub fn finish(&mut self, job: &Job, error: Option<&str>) -> Result<bool> {
+    /// Saves what a tick did and lets go of the action until `due_at`, when any worker may
+    /// take it up again, in one transaction. Returns false when the claim was lost.
+    pub fn park(
+        &mut self,
+        job: &Job,
+        due_at: i64,
+        vms: &[VmProgress],
+        steps: &[NewStep],
+    ) -> Result<bool> {
         let now = self.now_ms();
         let tx = self.begin_write()?;
+        if !write_progress(&tx, job, now, vms, steps)? {
+            return Ok(false);
+        }
+        tx.prepare_cached(
+            "UPDATE actions SET claim = NULL, lease_until = NULL, due_at = ?2 WHERE id = ?1",
+        )?
+        .execute(params![job.action_id, due_at])?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Ends a claimed action with its last `steps`: succeeded (`error` None) or failed, in
+    /// one transaction with the instance's new status. The token and the VMs' progress are
+    /// erased. Returns false when the claim was lost.
+    pub fn finish(&mut self, job: &Job, error: Option<&str>, steps: &[NewStep]) -> Result<bool> {
+        let now = self.now_ms();
+        let tx = self.begin_write()?;
+        if !write_progress(&tx, job, now, &[], steps)? {
+            return Ok(false);
+        }
         let state = if error.is_some() {
             "failed"
         } else {
@@ -155,7 +270,7 @@ impl Store {
         };
         let held = tx.execute(
             "UPDATE actions SET state = ?3, error = ?4, finished_at = ?5, token = NULL,
-                 compute_url = NULL, claim = NULL, lease_until = NULL
+                 compute_url = NULL, claim = NULL, lease_until = NULL, due_at = NULL
              WHERE id = ?1 AND claim = ?2 AND state = 'running'",
             params![job.action_id, job.claim, state, error, now],
         )? == 1;
@@ -168,23 +283,96 @@ impl Store {
                 "UPDATE lambda_instances SET status = ?2, failure_message = ?3 WHERE id = ?1",
                 params![job.instance_id, status.name(), error],
             )?;
+            tx.execute(
+                "DELETE FROM action_vms WHERE action_id = ?1",
+                params![job.action_id],
+            )?;
         }
         tx.commit()?;
         Ok(held)
     }
 
-    /// Hands a claimed action back to the queue (the process is shutting down); the next
-    /// process, or another worker, takes it up again.
-    pub fn release(&mut self, job: &Job) -> Result<bool> {
-        let tx = self.begin_write()?;
-        let n = tx.execute(
-            "UPDATE actions SET state = 'queued', claim = NULL, lease_until = NULL
-             WHERE id = ?1 AND claim = ?2 AND state = 'running'",
-            params![job.action_id, job.claim],
-        )?;
-        tx.commit()?;
-        Ok(n == 1)
+    /// When the next action falls due (a running one's due time, a claimed one's lease
+    /// expiry, or, with `queued`, a new one), if any is live.
+    pub fn next_due(&self, queued: bool) -> Result<Option<i64>> {
+        let at = self
+            .conn
+            .prepare_cached(
+                "SELECT MIN(CASE WHEN claim IS NULL THEN due_at ELSE lease_until END)
+                 FROM actions
+                 WHERE (state = 'running') OR (state = 'queued' AND ?1)",
+            )?
+            .query_row(params![queued], |r| r.get(0))?;
+        Ok(at)
     }
+}
+
+/// Writes `vms` and `steps` of `job`, if its claim still holds.
+fn write_progress(
+    tx: &Transaction,
+    job: &Job,
+    now: i64,
+    vms: &[VmProgress],
+    steps: &[NewStep],
+) -> Result<bool> {
+    let held: bool = tx
+        .prepare_cached(
+            "SELECT COUNT(*) > 0 FROM actions WHERE id = ?1 AND claim = ?2 AND state = 'running'",
+        )?
+        .query_row(params![job.action_id, job.claim], |r| r.get(0))?;
+    if !held {
+        return Ok(false);
+    }
+    let mut update = tx.prepare_cached(
+        "UPDATE action_vms SET state = ?3, sent = ?4, since = ?5, next_at = ?6,
+             polls = ?7, tries = ?8
+         WHERE action_id = ?1 AND vm = ?2",
+    )?;
+    for v in vms {
+        update.execute(params![
+            job.action_id,
+            v.vm,
+            v.state.name(),
+            v.sent,
+            v.since,
+            v.next_at,
+            v.polls,
+            v.tries
+        ])?;
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO action_steps (action_id, seq, vm, op, result, at)
+         SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5
+         FROM action_steps WHERE action_id = ?1",
+    )?;
+    for s in steps {
+        insert.execute(params![job.action_id, s.vm, s.op, s.result, now])?;
+    }
+    Ok(true)
+}
+
+/// The VMs of an action, in the instance's order.
+fn read_vms(tx: &Transaction, action_id: &str) -> Result<Vec<VmProgress>> {
+    let vms = tx
+        .prepare_cached(
+            "SELECT vm, position, phase, state, sent, since, next_at, polls, tries
+             FROM action_vms WHERE action_id = ?1 ORDER BY position",
+        )?
+        .query_map(params![action_id], |r| {
+            Ok(VmProgress {
+                vm: r.get(0)?,
+                position: r.get(1)?,
+                phase: r.get(2)?,
+                state: VmState::parse(&r.get::<_, String>(3)?)?,
+                sent: r.get(4)?,
+                since: r.get(5)?,
+                next_at: r.get(6)?,
+                polls: r.get(7)?,
+                tries: r.get(8)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(vms)
 }
 
 #[cfg(test)]
@@ -197,32 +385,83 @@ mod tests {
 
     const LEASE: Duration = Duration::from_secs(60);
 
+    fn step(vm: &str, op: &str, result: &str) -> NewStep {
+        NewStep {
+            vm: vm.into(),
+            op: op.into(),
+            result: result.into(),
+        }
+    }
+
     #[test]
-    fn claim_finish_erases_token() {
+    fn the_first_claim_lays_out_the_phases() {
         let (mut store, _) = store();
         let id = instance(&mut store, Status::Stopped);
         request(&mut store, &id, ActionKind::Start);
-        let job = store.claim_next(LEASE).unwrap().unwrap();
-        assert_eq!(job.token, "tok");
-        assert_eq!((job.master.as_str(), job.slaves.len()), ("m", 2));
-        assert!(store.claim_next(LEASE).unwrap().is_none(), "claimed twice");
-        assert!(store
-            .record_step(&job, LEASE, "s1", "status", "STOPPED")
-            .unwrap());
-        assert!(store.finish(&job, None).unwrap());
+        let job = store.claim_due(LEASE, true).unwrap().unwrap();
+        assert_eq!((job.token.as_str(), job.owner.as_str()), ("tok", OWNER));
+        let phases: Vec<(&str, i64)> = job.vms.iter().map(|v| (v.vm.as_str(), v.phase)).collect();
+        assert_eq!(phases, vec![("m", 1), ("s1", 0), ("s2", 0)], "slaves first");
+        assert!(job.vms.iter().all(|v| v.state == VmState::Todo));
+        let stop = instance(&mut store, Status::Started);
+        request(&mut store, &stop, ActionKind::Stop);
+        let job = store.claim_due(LEASE, true).unwrap().unwrap();
+        let phases: Vec<i64> = job.vms.iter().map(|v| v.phase).collect();
+        assert_eq!(phases, vec![0, 1, 1], "the master first");
+    }
+
+    #[test]
+    fn a_parked_action_waits_for_its_due_time() {
+        let (mut store, clock) = store();
+        let id = instance(&mut store, Status::Stopped);
+        request(&mut store, &id, ActionKind::Start);
+        let job = store.claim_due(LEASE, true).unwrap().unwrap();
+        assert!(
+            store.claim_due(LEASE, true).unwrap().is_none(),
+            "claimed twice"
+        );
+        let mut vms = job.vms.clone();
+        vms[1].state = VmState::Waiting;
+        vms[1].sent = true;
+        let steps = [step("s1", "start", "accepted")];
+        let due = store.now_ms() + 500;
+        assert!(store.park(&job, due, &vms[1..2], &steps).unwrap());
+        assert_eq!(store.next_due(true).unwrap(), Some(due));
+        assert!(
+            store.claim_due(LEASE, true).unwrap().is_none(),
+            "not due yet"
+        );
+        clock.advance(Duration::from_millis(500));
+        let again = store.claim_due(LEASE, true).unwrap().unwrap();
+        assert_eq!(again.action_id, job.action_id);
+        assert_eq!(again.attempt, 1, "a due tick is not a new attempt");
+        assert_eq!(again.vms[1], vms[1]);
+        assert!(
+            !store.park(&job, due, &[], &[]).unwrap(),
+            "the old claim is fenced off"
+        );
+    }
+
+    #[test]
+    fn finishing_erases_the_token_and_the_progress() {
+        let (mut store, _) = store();
+        let id = instance(&mut store, Status::Stopped);
+        request(&mut store, &id, ActionKind::Start);
+        let job = store.claim_due(LEASE, true).unwrap().unwrap();
+        let steps = [step("s1", "status", "STOPPED")];
+        assert!(store.save(&job, LEASE, &[], &steps).unwrap());
+        assert!(store.finish(&job, None, &[]).unwrap());
         assert_eq!(status(&store, &id), Status::Started);
-        let tokens: i64 = store
-            .conn
-            .query_row(
-                "SELECT COUNT(*) FROM actions WHERE token IS NOT NULL",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(tokens, 0);
+        let count = |sql: &str| -> i64 { store.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            count("SELECT COUNT(*) FROM actions WHERE token IS NOT NULL"),
+            0
+        );
+        assert_eq!(count("SELECT COUNT(*) FROM action_vms"), 0);
         let record = store.action(&id, &job.action_id).unwrap().unwrap();
         assert_eq!(record.state, ActionState::Succeeded);
         assert_eq!(record.steps.len(), 1);
+        assert_eq!(store.next_due(true).unwrap(), None);
     }
 
     #[test]
@@ -230,51 +469,64 @@ mod tests {
         let (mut store, clock) = store();
         let id = instance(&mut store, Status::Started);
         request(&mut store, &id, ActionKind::Stop);
-        let old = store.claim_next(LEASE).unwrap().unwrap();
+        let old = store.claim_due(LEASE, true).unwrap().unwrap();
         assert!(
-            store.claim_next(LEASE).unwrap().is_none(),
+            store.claim_due(LEASE, true).unwrap().is_none(),
             "lease still held"
         );
         clock.advance(LEASE + Duration::from_millis(1));
-        let new = store.claim_next(LEASE).unwrap().unwrap();
+        let new = store.claim_due(LEASE, true).unwrap().unwrap();
         assert_eq!(new.action_id, old.action_id);
         assert_eq!(new.attempt, 2);
-        assert!(!store
-            .record_step(&old, LEASE, "m", "status", "ACTIVE")
+        assert!(!store.save(&old, LEASE, &[], &[]).unwrap());
+        assert!(!store.finish(&old, Some("late"), &[]).unwrap());
+        assert!(store
+            .finish(&new, Some("413 overLimit (quota)"), &[])
             .unwrap());
-        assert!(!store.renew(&old, LEASE).unwrap());
-        assert!(!store.finish(&old, Some("late")).unwrap());
-        assert!(store.finish(&new, Some("413 overLimit (quota)")).unwrap());
         let i = store.owned_instance(&id, OWNER).unwrap().unwrap();
         assert_eq!(i.status, Status::Failed);
         assert_eq!(i.failure_message.as_deref(), Some("413 overLimit (quota)"));
     }
 
     #[test]
-    fn a_step_renews_the_lease() {
+    fn a_save_renews_the_lease() {
         let (mut store, clock) = store();
         let id = instance(&mut store, Status::Stopped);
         request(&mut store, &id, ActionKind::Start);
-        let job = store.claim_next(LEASE).unwrap().unwrap();
+        let job = store.claim_due(LEASE, true).unwrap().unwrap();
         clock.advance(LEASE - Duration::from_secs(1));
-        assert!(store
-            .record_step(&job, LEASE, "m", "status", "STOPPED")
-            .unwrap());
+        assert!(store.save(&job, LEASE, &[], &[]).unwrap());
         clock.advance(Duration::from_secs(2));
-        assert!(store.claim_next(LEASE).unwrap().is_none(), "renewed lease");
+        assert!(
+            store.claim_due(LEASE, true).unwrap().is_none(),
+            "renewed lease"
+        );
     }
 
     #[test]
-    fn recover_requeues_running_and_fails_orphans() {
+    fn without_queued_only_running_actions_are_claimed() {
         let (mut store, _) = store();
         let a = instance(&mut store, Status::Stopped);
         request(&mut store, &a, ActionKind::Start);
-        store.claim_next(LEASE).unwrap().unwrap();
+        assert!(store.claim_due(LEASE, false).unwrap().is_none());
+        let job = store.claim_due(LEASE, true).unwrap().unwrap();
+        store.park(&job, 0, &[], &[]).unwrap();
+        assert!(store.claim_due(LEASE, false).unwrap().is_some());
+    }
+
+    #[test]
+    fn recover_requeues_live_actions_and_fails_orphans() {
+        let (mut store, _) = store();
+        let a = instance(&mut store, Status::Stopped);
+        request(&mut store, &a, ActionKind::Start);
+        let job = store.claim_due(LEASE, true).unwrap().unwrap();
         let orphan = instance(&mut store, Status::Stopping);
         assert_eq!(store.recover().unwrap(), (1, 1));
         assert_eq!(status(&store, &orphan), Status::Failed);
         assert_eq!(status(&store, &a), Status::Starting);
-        assert!(store.claim_next(LEASE).unwrap().is_some());
+        let again = store.claim_due(LEASE, true).unwrap().unwrap();
+        assert_eq!(again.attempt, 2, "a restart is a new attempt");
+        assert_eq!(again.vms, job.vms, "with the progress kept");
     }
 
     #[test]
@@ -284,8 +536,8 @@ mod tests {
         let Requested::Created(first) = request(&mut store, &id, ActionKind::Start) else {
             panic!()
         };
-        let job = store.claim_next(LEASE).unwrap().unwrap();
-        store.finish(&job, None).unwrap();
+        let job = store.claim_due(LEASE, true).unwrap().unwrap();
+        store.finish(&job, None, &[]).unwrap();
         clock.advance(Duration::from_millis(1));
         let Requested::Created(second) = request(&mut store, &id, ActionKind::Stop) else {
             panic!()
@@ -299,16 +551,5 @@ mod tests {
         assert_eq!(ids, vec![second, first]);
         assert_eq!(store.count_actions(&id).unwrap(), 2);
         assert_eq!(store.live_counts().unwrap(), (1, 0));
-    }
-
-    #[test]
-    fn release_puts_it_back() {
-        let (mut store, _) = store();
-        let id = instance(&mut store, Status::Stopped);
-        request(&mut store, &id, ActionKind::Start);
-        let job = store.claim_next(LEASE).unwrap().unwrap();
-        assert!(store.release(&job).unwrap());
-        let again = store.claim_next(LEASE).unwrap().unwrap();
-        assert_eq!(again.action_id, job.action_id);
     }
 }

@@ -23,7 +23,7 @@ use rusqlite::{Connection, TransactionBehavior};
 pub use actions::{ActionRecord, Requested, Step};
 pub use idempotency::StoredAnswer;
 pub use instances::{Instance, NewInstance, Summary};
-pub use jobs::Job;
+pub use jobs::{Job, NewStep, VmProgress, VmState};
 
 use crate::clock::Clock;
 use crate::model::{ActionKind, ActionState, Status};
@@ -31,7 +31,7 @@ use crate::sync::lock;
 use commit::GroupCommit;
 
 const SCHEMA: &str = include_str!("../../schema.sql");
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// SQLite's page cache per connection, in KiB (written negative, as the pragma takes it).
 const CACHE_KIB: i64 = -64;
@@ -273,6 +273,23 @@ impl Store {
             });
         }
         if version < SCHEMA_VERSION {
+            // Version 3's column, on a table an older version made (a new table has it).
+            let has_due: bool = tx.query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('actions') WHERE name = 'due_at'",
+                [],
+                |r| r.get(0),
+            )?;
+            let exists: bool = tx.query_row(
+                "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'actions'",
+                [],
+                |r| r.get(0),
+            )?;
+            if exists && !has_due {
+                tx.execute_batch(
+                    "ALTER TABLE actions ADD COLUMN due_at INTEGER;
+                     UPDATE actions SET due_at = created_at WHERE state IN ('queued', 'running');",
+                )?;
+            }
             tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
@@ -338,6 +355,41 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, 99);
+    }
+
+    /// A database of schema version 2, with a live action, opens and migrates: the action is
+    /// due at once, and the new table is there.
+    #[test]
+    fn version_2_migrates_with_its_data() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(include_str!("schemas/v2.sql")).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 2;
+             INSERT INTO lambda_instances VALUES ('i', 'n', 'u', 'STARTING', NULL, 5);
+             INSERT INTO instance_servers VALUES ('i', 0, 'm');
+             INSERT INTO actions (id, instance_id, action, state, token, compute_url, created_at)
+             VALUES ('a', 'i', 'start', 'queued', 't', 'c', 7);",
+        )
+        .unwrap();
+        let mut store = Store {
+            conn,
+            shared: Arc::default(),
+            clock: ManualClock::at(0),
+        };
+        store.migrate().unwrap();
+        let due: i64 = store
+            .conn
+            .query_row("SELECT due_at FROM actions WHERE id = 'a'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(due, 7);
+        let vms: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM action_vms", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(vms, 0);
+        store.migrate().unwrap();
     }
 
     /// The build flags in .cargo/config.toml reached SQLite: without them every connection

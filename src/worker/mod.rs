@@ -2,6 +2,7 @@
 //! ~okeanos. The channel only wakes a worker up; SQLite says what there is to do, so a full
 //! channel or a restart loses nothing.
 
+mod listing;
 mod run;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver};
+use crossbeam_channel::{select, Receiver, Sender};
 use log::{error, info, warn};
 
 use crate::config::Config;
@@ -18,9 +19,10 @@ use crate::idempotency;
 use crate::metrics::Metrics;
 use crate::okeanos::Client;
 use crate::shutdown::Shutdown;
-use crate::store::{Database, Job, Store};
+use crate::store::{Database, Job, Store, VmState};
 use crate::sync::lock;
-use run::{Failure, Stop};
+use listing::Listings;
+use run::{Failure, Stop, Tick, Unsaved};
 
 /// How often an idle worker looks at SQLite for work nobody woke it up for (an action whose
 /// wake-up did not fit in the channel, or whose lease expired).
@@ -28,30 +30,27 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Longest pause between two retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// What one run needs to know, taken from the configuration.
+/// What one tick needs to know, taken from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub poll_interval: Duration,
     pub vm_wait_timeout: Duration,
     pub max_attempts: u32,
     pub retry_base: Duration,
-    /// How long a claim holds without renewal: longer than the longest silence of a worker
-    /// (one ~okeanos call with its timeout, then a back-off pause or a poll interval).
+    /// How long a claim holds without renewal: longer than the longest silence of a tick
+    /// (a listing, then SENDS_PER_SAVE commands and a re-read, each with its timeout).
     pub lease: Duration,
 }
 
 impl Settings {
     pub fn from_config(config: &Config) -> Settings {
-        // A back-off pause is at most 1.5 times its nominal length (the jitter).
-        let longest_pause = config
-            .poll_interval()
-            .max(MAX_BACKOFF.min(config.retry_base() * 64) * 3 / 2);
         Settings {
             poll_interval: config.poll_interval(),
             vm_wait_timeout: config.vm_wait_timeout(),
             max_attempts: config.max_attempts,
             retry_base: config.retry_base(),
-            lease: config.okeanos_timeout() * 2 + longest_pause + Duration::from_secs(10),
+            lease: config.okeanos_timeout() * (run::SENDS_PER_SAVE as u32 + 2)
+                + Duration::from_secs(10),
         }
     }
 }
@@ -63,6 +62,8 @@ pub struct Outside {
     pub metrics: Arc<Metrics>,
     /// Where the workers record how long actions take.
     pub eta: Arc<Eta>,
+    /// Wakes an idle worker when an action is parked, so that it plans its wait anew.
+    pub nudge: Sender<String>,
 }
 
 /// The running pool.
@@ -86,6 +87,7 @@ impl Pool {
         let mut threads = Vec::with_capacity(count);
         let abandon = Arc::new(Shutdown::default());
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let listings = Arc::new(Listings::default());
         for n in 0..count {
             let worker = Worker {
                 store: database.open()?,
@@ -93,6 +95,8 @@ impl Pool {
                 settings: settings.clone(),
                 metrics: outside.metrics.clone(),
                 eta: outside.eta.clone(),
+                nudge: outside.nudge.clone(),
+                listings: listings.clone(),
                 shutdown: shutdown.clone(),
                 abandon: abandon.clone(),
                 last_purge: Instant::now(),
@@ -121,8 +125,9 @@ impl Pool {
         })
     }
 
-    /// After shutdown was triggered: gives the workers `grace` to finish the actions they are
-    /// running, then makes them hand what is left back to the queue, and waits for them.
+    /// After shutdown was triggered: gives the workers `grace` to finish the actions already
+    /// running (they take no new one), then makes them stop after the call in progress and
+    /// leave what is left to the next process, and waits for them.
     pub fn join(self, grace: Duration) {
         let deadline = Instant::now() + grace;
         let mut finished = 0;
@@ -134,7 +139,7 @@ impl Pool {
             }
         }
         if finished < self.threads.len() {
-            info!("shutdown grace over: handing running actions back to the queue");
+            info!("shutdown grace over: leaving running actions to the next start");
         }
         self.abandon.trigger();
         for t in self.threads {
@@ -149,9 +154,11 @@ struct Worker {
     settings: Settings,
     metrics: Arc<Metrics>,
     eta: Arc<Eta>,
-    /// Stop taking new actions.
+    nudge: Sender<String>,
+    listings: Arc<Listings>,
+    /// Take no new action; finish the running ones.
     shutdown: Arc<Shutdown>,
-    /// Stop the current run and hand its action back (the shutdown grace period is over).
+    /// Stop the current tick after the call in progress (the shutdown grace period is over).
     abandon: Arc<Shutdown>,
     last_purge: Instant,
     /// An action ended (its token erased) since the WAL was last truncated.
@@ -161,12 +168,14 @@ struct Worker {
 
 /// Under steady load (no idle moment), the WAL is still truncated this often.
 const TRUNCATE_EVERY: Duration = Duration::from_secs(5);
+
 impl Worker {
     fn run_loop(mut self, wakeups: &Receiver<String>) {
-        while !self.shutdown.is_triggered() {
-            match self.store.claim_next(self.settings.lease) {
+        while !self.abandon.is_triggered() {
+            let stopping = self.shutdown.is_triggered();
+            match self.store.claim_due(self.settings.lease, !stopping) {
                 Ok(Some(job)) => {
-                    self.run_job(job);
+                    self.run_tick(job);
                     if self.last_truncate.elapsed() >= TRUNCATE_EVERY {
                         self.truncate_wal();
                     }
@@ -175,13 +184,23 @@ impl Worker {
                 Ok(None) => self.truncate_wal(),
                 Err(e) => {
                     error!("claiming an action: {}", Report(&e));
-                    if self.shutdown.sleep(IDLE_TICK) {
+                    if self.abandon.sleep(IDLE_TICK) {
                         break;
                     }
                     continue;
                 }
             }
-            if self.last_purge.elapsed() >= idempotency::PURGE_EVERY {
+            let next = match self.store.next_due(!stopping) {
+                Ok(next) => next,
+                Err(e) => {
+                    error!("reading when the next action is due: {}", Report(&e));
+                    None
+                }
+            };
+            if stopping && next.is_none() {
+                break; // Nothing running is left to finish.
+            }
+            if !stopping && self.last_purge.elapsed() >= idempotency::PURGE_EVERY {
                 self.last_purge = Instant::now();
                 match idempotency::purge(&mut self.store) {
                     Ok(0) => {}
@@ -189,10 +208,24 @@ impl Worker {
                     Err(e) => warn!("purging idempotency keys: {}", Report(&e)),
                 }
             }
-            select! {
-                recv(wakeups) -> msg => if msg.is_err() { break },
-                recv(self.shutdown.receiver()) -> _ => break,
-                default(IDLE_TICK) => {}
+            // Until the next due time (never longer than IDLE_TICK, for what another process
+            // or a lost wake-up may have left), a wake-up, or the end.
+            let wait = next.map_or(IDLE_TICK, |at| {
+                let ms = (at - self.store.now_ms()).clamp(0, IDLE_TICK.as_millis() as i64);
+                Duration::from_millis(ms as u64)
+            });
+            if stopping {
+                select! {
+                    recv(wakeups) -> _ => {},
+                    recv(self.abandon.receiver()) -> _ => break,
+                    default(wait) => {}
+                }
+            } else {
+                select! {
+                    recv(wakeups) -> msg => if msg.is_err() { break },
+                    recv(self.shutdown.receiver()) -> _ => {},
+                    default(wait) => {}
+                }
             }
         }
     }
@@ -211,26 +244,51 @@ impl Worker {
         }
     }
 
-    fn run_job(&mut self, job: Job) {
+    /// One tick of a claimed action, and what becomes of the action: parked until it is due
+    /// again, or ended.
+    fn run_tick(&mut self, mut job: Job) {
         let id = job.action_id.clone();
-        info!(
-            "action {id}: {} instance {} (attempt {})",
-            job.action.name(),
-            job.instance_id,
-            job.attempt
-        );
-        let started = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.run(&job)));
-        let (result, error) = match outcome {
-            Ok(Ok(())) => (self.store.finish(&job, None), None),
-            Ok(Err(Stop::Failed(failure))) => {
-                let message = failure.to_string();
-                (self.store.finish(&job, Some(&message)), Some(message))
+        if job
+            .vms
+            .iter()
+            .all(|v| v.state == VmState::Todo && v.tries == 0)
+        {
+            info!(
+                "action {id}: {} instance {} (attempt {})",
+                job.action.name(),
+                job.instance_id,
+                job.attempt
+            );
+        }
+        let mut unsaved = Unsaved::default();
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.tick(&mut job, &mut unsaved)));
+        let error = match outcome {
+            Ok(Ok(Tick::Done)) => None,
+            Ok(Ok(Tick::Wait(at))) => {
+                match self
+                    .store
+                    .park(&job, at, &unsaved.vms(&job), &unsaved.steps)
+                {
+                    Ok(true) => {
+                        let _ = self.nudge.try_send(String::new());
+                    }
+                    Ok(false) => warn!("action {id}: taken over before it could be parked"),
+                    Err(e) => error!(
+                        "action {id}: parking it: {}; it will be taken up again",
+                        Report(&e)
+                    ),
+                }
+                return;
             }
+            Ok(Err(Stop::Failed(failure))) => Some(failure.to_string()),
             Ok(Err(Stop::Interrupted)) => {
-                info!("action {id}: handed back at shutdown");
-                if let Err(e) = self.store.release(&job) {
-                    error!("action {id}: handing back: {}", Report(&e));
+                info!("action {id}: left to the next start at shutdown");
+                let now = self.store.now_ms();
+                if let Err(e) = self
+                    .store
+                    .park(&job, now, &unsaved.vms(&job), &unsaved.steps)
+                {
+                    error!("action {id}: leaving it: {}", Report(&e));
                 }
                 return;
             }
@@ -253,32 +311,47 @@ impl Worker {
                     .unwrap_or_default();
                 let message = Failure::Panicked(what).to_string();
                 error!("action {id}: {message}");
-                (self.store.finish(&job, Some(&message)), Some(message))
+                Some(message)
             }
         };
-        let took = started.elapsed().as_millis();
-        if let Ok(true) = result {
-            self.wal_dirty = true;
-            let state = if error.is_some() {
-                "failed"
-            } else {
-                "succeeded"
-            };
-            let since_accepted = self.store.now_ms() - job.created_at;
-            let since_accepted = Duration::from_millis(since_accepted.max(0) as u64);
-            self.metrics.action_finished(state);
-            self.eta.record(since_accepted);
-        }
-        match (result, error) {
-            (Ok(true), None) => info!("action {id}: succeeded in {took} ms"),
-            (Ok(true), Some(e)) => warn!("action {id}: failed in {took} ms: {e}"),
-            (Ok(false), _) => warn!("action {id}: taken over before it could be finished"),
-            (Err(e), _) => error!(
+        let took = Duration::from_millis((self.store.now_ms() - job.created_at).max(0) as u64);
+        match self.store.finish(&job, error.as_deref(), &unsaved.steps) {
+            Ok(true) => {
+                self.wal_dirty = true;
+                let state = if error.is_some() {
+                    "failed"
+                } else {
+                    "succeeded"
+                };
+                self.metrics.action_finished(state);
+                self.eta.record(took);
+                match error {
+                    None => info!(
+                        "action {id}: succeeded {} ms after it was accepted",
+                        took.as_millis()
+                    ),
+                    Some(e) => warn!(
+                        "action {id}: failed {} ms after it was accepted: {e}",
+                        took.as_millis()
+                    ),
+                }
+            }
+            Ok(false) => warn!("action {id}: taken over before it could be finished"),
+            Err(e) => error!(
                 "action {id}: recording its end: {}; it will be taken up again",
                 Report(&e)
             ),
         }
     }
+}
+
+/// The pause before try `attempt + 1`: `base · 2^(attempt-1)`, capped, then scaled by a random
+/// factor in [0.5, 1.5) so that workers retrying together spread out.
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
+    exp.mul_f64(0.5 + fastrand::f64())
 }
 
 /// How long actions take, from acceptance to their end: what `Retry-After` tells a client
@@ -316,6 +389,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn backoff_grows_with_jitter_and_a_cap() {
+        let base = Duration::from_millis(100);
+        for attempt in 1..=4 {
+            let nominal = base * (1 << (attempt - 1));
+            let samples: Vec<Duration> = (0..50).map(|_| backoff(base, attempt)).collect();
+            assert!(
+                samples
+                    .iter()
+                    .all(|d| *d >= nominal / 2 && *d < nominal * 3 / 2),
+                "{samples:?}"
+            );
+            assert!(
+                samples.iter().any(|d| *d != samples[0]),
+                "no jitter: {samples:?}"
+            );
+        }
+        assert!(backoff(base, 40) < MAX_BACKOFF * 3 / 2);
+    }
+
+    #[test]
     fn retry_after_follows_recent_actions() {
         let eta = Eta::default();
         assert_eq!(eta.retry_after(Duration::ZERO), 5);
@@ -328,10 +421,10 @@ mod tests {
     }
 
     #[test]
-    fn lease_outlasts_a_call_and_a_pause() {
+    fn the_lease_outlasts_the_calls_of_a_tick_between_two_saves() {
         let config = Config::default();
         let s = Settings::from_config(&config);
-        assert!(s.lease > config.okeanos_timeout() + MAX_BACKOFF);
-        assert!(s.lease > config.okeanos_timeout() + config.poll_interval());
+        let calls = run::SENDS_PER_SAVE as u32 + 2;
+        assert!(s.lease > config.okeanos_timeout() * calls);
     }
 }

@@ -1,14 +1,31 @@
-//! One run of an action: the VMs in the action's order, each read before it is acted on,
-//! every ~okeanos call retried on transient faults, every step recorded under the claim.
+//! One tick of an action: the ~okeanos calls that are due now, and nothing that waits.
+//!
+//! A start brings every slave up at once, then (once all are ACTIVE) the master; a stop takes
+//! the master down, then (once it is STOPPED) every slave at once. For each VM of the current
+//! phase that is due: read it (one `servers/detail` call serves all the VMs of an owner); skip
+//! it if it is already there; wait for a task already under way; else send the command. A VM
+//! that is not there yet is due again after a pause that grows with each read, and a
+//! transient fault after a back-off pause: both are due times saved in SQLite, never a
+//! sleeping thread.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use log::warn;
 
-use super::{Worker, MAX_BACKOFF};
+use super::listing::Servers;
+use super::Worker;
 use crate::model::ActionKind;
-use crate::okeanos::{Client, OkeanosError, ServerAction, ServerState};
-use crate::store::Job;
+use crate::okeanos::{OkeanosError, ServerAction, ServerState};
+use crate::store::{Job, NewStep, VmProgress, VmState};
+
+/// Commands a tick sends between two saves.
+pub const SENDS_PER_SAVE: usize = 4;
+
+/// The longest pause between two reads of a VM that is not there yet (or `poll_interval`,
+/// if that is longer).
+pub const MAX_POLL_PAUSE: Duration = Duration::from_secs(5);
 
 /// Why an action failed for good: what its user reads in `error` and `failure_message`.
 #[derive(Debug)]
@@ -69,7 +86,7 @@ impl std::error::Error for Failure {
     }
 }
 
-/// Why a run stopped before the action succeeded.
+/// Why a tick stopped before the action was done or parked.
 #[derive(Debug)]
 pub(super) enum Stop {
     /// The action failed for good.
@@ -88,179 +105,347 @@ impl From<crate::store::StoreError> for Stop {
     }
 }
 
-impl Failure {
-    /// Synnefo's 400: the server is not in a state the action applies to, which may be
-    /// because it just moved; worth a fresh read before failing.
-    fn is_bad_request(&self) -> bool {
-        matches!(self, Failure::Okeanos { error, .. } if error.status() == Some(400))
+/// What a tick came to.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Tick {
+    /// Every VM is in its target state.
+    Done,
+    /// Nothing more is due before this time (ms since the epoch).
+    Wait(i64),
+}
+
+/// What a tick has done and not yet saved: saved before the tick's first command, and with
+/// the action's parking or end.
+#[derive(Default)]
+pub(super) struct Unsaved {
+    vms: BTreeSet<usize>,
+    pub(super) steps: Vec<NewStep>,
+    /// Commands sent since the last save.
+    sends: usize,
+}
+
+impl Unsaved {
+    /// The VMs of `job` this tick changed.
+    pub(super) fn vms(&self, job: &Job) -> Vec<VmProgress> {
+        self.vms.iter().map(|i| job.vms[*i].clone()).collect()
+    }
+
+    fn step(&mut self, vm: &str, op: &str, result: impl Into<String>) {
+        self.steps.push(NewStep {
+            vm: vm.to_string(),
+            op: op.to_string(),
+            result: result.into(),
+        });
+    }
+}
+
+/// The command of an action kind.
+fn command(kind: ActionKind) -> ServerAction {
+    match kind {
+        ActionKind::Start => ServerAction::Start,
+        ActionKind::Stop => ServerAction::Shutdown,
+    }
+}
+
+/// What a phase does, for its step: "start 2 slaves", "shutdown the master".
+fn phase_step(kind: ActionKind, vms: &[&str], has_master: bool) -> String {
+    let verb = command(kind).name();
+    match (has_master, vms.len()) {
+        (true, _) => format!("{verb} the master"),
+        (false, 1) => format!("{verb} 1 slave"),
+        (false, n) => format!("{verb} {n} slaves"),
     }
 }
 
 impl Worker {
-    /// One run: the slaves then the master to start, the master then the slaves to stop.
-    pub(super) fn run(&mut self, job: &Job) -> Result<(), Stop> {
-        let (op, order): (ServerAction, Vec<&String>) = match job.action {
-            ActionKind::Start => (
-                ServerAction::Start,
-                job.slaves
-                    .iter()
-                    .chain(std::iter::once(&job.master))
-                    .collect(),
-            ),
-            ActionKind::Stop => (
-                ServerAction::Shutdown,
-                std::iter::once(&job.master)
-                    .chain(job.slaves.iter())
-                    .collect(),
-            ),
-        };
-        for vm in order {
-            self.bring(job, vm, op)?;
-        }
-        Ok(())
+    /// The pause after the `polls`-th read of a VM that is not there yet: `poll_interval`,
+    /// growing by a fifth with each read, up to [`MAX_POLL_PAUSE`].
+    fn poll_pause(&self, polls: i64) -> Duration {
+        let first = self.settings.poll_interval;
+        let cap = first.max(MAX_POLL_PAUSE);
+        first
+            .mul_f64(1.2f64.powi(polls.clamp(0, 60) as i32))
+            .min(cap)
     }
 
-    /// Brings one VM to the action's target state: read first, act only if needed, then poll.
-    /// A task already under way for the same action (`SNF:task_state`), such as a start sent
-    /// by a run that crashed, is waited for, not sent again.
-    fn bring(&mut self, job: &Job, vm: &str, op: ServerAction) -> Result<(), Stop> {
-        let (target, source) = (op.target(), op.source());
-        let deadline = Instant::now() + self.settings.vm_wait_timeout;
-        let mut state = self.read(job, vm)?;
-        self.step(job, vm, "status", &state.to_string())?;
-        if state.status == target && state.task.is_empty() {
-            return self.step(job, vm, op.name(), &format!("skipped: already {target}"));
+    /// Saves what the tick did so far (renewing the lease).
+    fn flush(&mut self, job: &Job, unsaved: &mut Unsaved) -> Result<(), Stop> {
+        if unsaved.vms.is_empty() && unsaved.steps.is_empty() {
+            return Ok(());
         }
-        let mut sent = false;
-        let mut polls = 0u32;
-        loop {
-            if state.status == target && state.task.is_empty() {
-                return self.step(job, vm, "wait", &format!("{target} after {polls} polls"));
-            }
-            if state.status == "ERROR" || state.status == "DELETED" {
-                let failure = Failure::Stuck {
-                    vm: vm.to_string(),
-                    status: state.status,
-                    op: op.name(),
-                };
-                self.step(job, vm, "wait", &failure.to_string())?;
-                return Err(Stop::Failed(failure));
-            }
-            if state.task == op.task() && !sent {
-                self.step(job, vm, op.name(), "already under way")?;
-                sent = true;
-            }
-            if state.status == source && state.task.is_empty() && !sent {
-                sent = true;
-                let result = self.call(job, vm, op.name(), |c| {
-                    c.server_action(&job.compute_url, &job.token, vm, op)
-                });
-                match result {
-                    Ok(()) => self.step(job, vm, op.name(), "accepted")?,
-                    // Synnefo answers 400 when the server is not in a state the action
-                    // applies to; that may be because it just moved. Read it again.
-                    Err(Stop::Failed(failure)) if failure.is_bad_request() => {
-                        state = self.read(job, vm)?;
-                        self.step(job, vm, "status", &state.to_string())?;
-                        if state.status == source && state.task.is_empty() {
-                            return Err(Stop::Failed(failure));
-                        }
-                        continue;
-                    }
-                    Err(other) => return Err(other),
-                }
-            }
-            if Instant::now() >= deadline {
-                let failure = Failure::TimedOut {
-                    vm: vm.to_string(),
-                    target,
-                    secs: self.settings.vm_wait_timeout.as_secs(),
-                    last: state,
-                };
-                self.step(job, vm, "wait", &failure.to_string())?;
-                return Err(Stop::Failed(failure));
-            }
-            if self.abandon.sleep(self.settings.poll_interval) {
-                return Err(Stop::Interrupted);
-            }
-            if !self.store.renew(job, self.settings.lease)? {
-                return Err(Stop::LostClaim);
-            }
-            polls += 1;
-            state = self.read(job, vm)?;
-        }
-    }
-
-    fn read(&mut self, job: &Job, vm: &str) -> Result<ServerState, Stop> {
-        self.call(job, vm, "status", |c| {
-            c.server_status(&job.compute_url, &job.token, vm)
-        })
-    }
-
-    /// One ~okeanos call, retried on transient faults with exponential back-off and jitter.
-    /// A permanent fault, or a transient one past `max_attempts`, fails the action with
-    /// ~okeanos's own message first.
-    fn call<T>(
-        &mut self,
-        job: &Job,
-        vm: &str,
-        op: &'static str,
-        f: impl Fn(&Client) -> Result<T, OkeanosError>,
-    ) -> Result<T, Stop> {
-        let mut attempt = 1;
-        loop {
-            match f(&self.client) {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_transient() && attempt < self.settings.max_attempts => {
-                    let pause = backoff(self.settings.retry_base, attempt);
-                    warn!(
-                        "action {}: {op} of server {vm}: {e}; try {attempt} of {}, next in {} ms",
-                        job.action_id,
-                        self.settings.max_attempts,
-                        pause.as_millis()
-                    );
-                    self.step(
-                        job,
-                        vm,
-                        op,
-                        &format!("{e}; retrying in {} ms", pause.as_millis()),
-                    )?;
-                    if self.abandon.sleep(pause) {
-                        return Err(Stop::Interrupted);
-                    }
-                    attempt += 1;
-                }
-                Err(error) => {
-                    self.step(job, vm, op, &error.to_string())?;
-                    return Err(Stop::Failed(Failure::Okeanos {
-                        vm: vm.to_string(),
-                        op,
-                        error,
-                    }));
-                }
-            }
-        }
-    }
-
-    fn step(&mut self, job: &Job, vm: &str, op: &str, result: &str) -> Result<(), Stop> {
-        if self
+        let held = self
             .store
-            .record_step(job, self.settings.lease, vm, op, result)?
-        {
+            .save(job, self.settings.lease, &unsaved.vms(job), &unsaved.steps)?;
+        unsaved.vms.clear();
+        unsaved.steps.clear();
+        if held {
             Ok(())
         } else {
             Err(Stop::LostClaim)
         }
     }
-}
 
-/// The pause before try `attempt + 1`: `base · 2^(attempt-1)`, capped, then scaled by a random
-/// factor in [0.5, 1.5) so that workers retrying together spread out.
-pub fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(MAX_BACKOFF);
-    exp.mul_f64(0.5 + fastrand::f64())
+    /// One tick of `job`: the calls due now, phase after phase. What it did is left in
+    /// `unsaved`, for the caller to save with the action's parking or end.
+    pub(super) fn tick(&mut self, job: &mut Job, unsaved: &mut Unsaved) -> Result<Tick, Stop> {
+        loop {
+            if self.abandon.is_triggered() {
+                return Err(Stop::Interrupted);
+            }
+            let now = self.store.now_ms();
+            let Some(phase) = job
+                .vms
+                .iter()
+                .filter(|v| v.state != VmState::Done)
+                .map(|v| v.phase)
+                .min()
+            else {
+                return Ok(Tick::Done);
+            };
+            let current: Vec<usize> = (0..job.vms.len())
+                .filter(|i| job.vms[*i].phase == phase && job.vms[*i].state != VmState::Done)
+                .collect();
+            let due: Vec<usize> = current
+                .iter()
+                .copied()
+                .filter(|i| job.vms[*i].next_at <= now)
+                .collect();
+            if due.is_empty() {
+                let next = current.iter().map(|i| job.vms[*i].next_at).min();
+                return Ok(Tick::Wait(next.unwrap_or(now)));
+            }
+            let fresh_phase = (0..job.vms.len())
+                .filter(|i| job.vms[*i].phase == phase)
+                .all(|i| job.vms[i].state == VmState::Todo && job.vms[i].tries == 0);
+            if fresh_phase {
+                let names: Vec<&str> = current.iter().map(|i| job.vms[*i].vm.as_str()).collect();
+                let has_master = current.iter().any(|i| job.vms[*i].position == 0);
+                let what = phase_step(job.action, &names, has_master);
+                unsaved.step(&names.join(","), "phase", what);
+            }
+            let due_at = due.iter().map(|i| job.vms[*i].next_at).max().unwrap_or(now);
+            let servers = match self.read_servers(job, due_at) {
+                Ok(servers) => servers,
+                Err(error) => {
+                    self.retry_or_fail(job, unsaved, &due, "status", error, now)?;
+                    continue;
+                }
+            };
+            for i in due {
+                let state = servers.get(&job.vms[i].vm).cloned();
+                let state = state.ok_or_else(|| OkeanosError::Fault {
+                    status: 404,
+                    name: "itemNotFound".into(),
+                    message: format!("Server {} not found", job.vms[i].vm),
+                });
+                match state {
+                    Ok(state) => self.advance(job, unsaved, i, state, now)?,
+                    Err(error) => {
+                        let vm = job.vms[i].vm.clone();
+                        unsaved.step(&vm, "status", error.to_string());
+                        let failure = Failure::Okeanos {
+                            vm,
+                            op: "status",
+                            error,
+                        };
+                        return Err(Stop::Failed(failure));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every VM of the job's owner, as seen at `due` or later: a listing another tick asked
+    /// for since, or a new one.
+    fn read_servers(&self, job: &Job, due: i64) -> Result<Servers, OkeanosError> {
+        if let Some(servers) = self.listings.get(&job.compute_url, &job.owner, due) {
+            return Ok(servers);
+        }
+        let asked = self.store.now_ms();
+        let servers = Arc::new(self.client.servers_detail(&job.compute_url, &job.token)?);
+        self.listings
+            .put(&job.compute_url, &job.owner, asked, servers.clone());
+        Ok(servers)
+    }
+
+    /// A call on the VMs `due` failed: each is due again after a back-off pause, or, when
+    /// the fault is permanent or the tries are spent, the action fails with ~okeanos's own
+    /// message.
+    fn retry_or_fail(
+        &mut self,
+        job: &mut Job,
+        unsaved: &mut Unsaved,
+        due: &[usize],
+        op: &'static str,
+        error: OkeanosError,
+        now: i64,
+    ) -> Result<(), Stop> {
+        let names: Vec<&str> = due.iter().map(|i| job.vms[*i].vm.as_str()).collect();
+        let names = names.join(",");
+        let tries = due.iter().map(|i| job.vms[*i].tries).max().unwrap_or(0) + 1;
+        if !error.is_transient() || tries >= i64::from(self.settings.max_attempts) {
+            unsaved.step(&names, op, error.to_string());
+            let vm = job.vms[due[0]].vm.clone();
+            return Err(Stop::Failed(Failure::Okeanos { vm, op, error }));
+        }
+        let pause = super::backoff(self.settings.retry_base, tries as u32);
+        warn!(
+            "action {}: {op} of server {names}: {error}; try {tries} of {}, next in {} ms",
+            job.action_id,
+            self.settings.max_attempts,
+            pause.as_millis()
+        );
+        unsaved.step(
+            &names,
+            op,
+            format!("{error}; retrying in {} ms", pause.as_millis()),
+        );
+        for i in due {
+            let v = &mut job.vms[*i];
+            v.tries = tries;
+            v.next_at = now + pause.as_millis() as i64;
+            unsaved.vms.insert(*i);
+        }
+        Ok(())
+    }
+
+    /// Moves VM `i` on from what was just read of it: done, a command sent, or due again.
+    fn advance(
+        &mut self,
+        job: &mut Job,
+        unsaved: &mut Unsaved,
+        i: usize,
+        mut state: ServerState,
+        now: i64,
+    ) -> Result<(), Stop> {
+        let op = command(job.action);
+        let (target, source) = (op.target(), op.source());
+        let vm = job.vms[i].vm.clone();
+        unsaved.vms.insert(i);
+        let first_read = job.vms[i].state == VmState::Todo;
+        if first_read {
+            unsaved.step(&vm, "status", state.to_string());
+            let v = &mut job.vms[i];
+            v.state = VmState::Waiting;
+            v.since = Some(now);
+        }
+        job.vms[i].tries = 0;
+        if state.status == target && state.task.is_empty() {
+            let v = &mut job.vms[i];
+            v.state = VmState::Done;
+            if first_read && !v.sent {
+                unsaved.step(&vm, op.name(), format!("skipped: already {target}"));
+            } else {
+                let polls = v.polls;
+                unsaved.step(&vm, "wait", format!("{target} after {polls} polls"));
+            }
+            return Ok(());
+        }
+        if state.status == "ERROR" || state.status == "DELETED" {
+            let failure = Failure::Stuck {
+                vm: vm.clone(),
+                status: state.status,
+                op: op.name(),
+            };
+            unsaved.step(&vm, "wait", failure.to_string());
+            return Err(Stop::Failed(failure));
+        }
+        if state.task == op.task() && !job.vms[i].sent {
+            unsaved.step(&vm, op.name(), "already under way");
+            let v = &mut job.vms[i];
+            v.sent = true;
+            v.since = Some(now);
+            v.polls = 0;
+        }
+        if state.status == source && state.task.is_empty() && !job.vms[i].sent {
+            // A tick that sends many commands saves (and renews its lease) every few of them.
+            // A crash before a save is survived by reading the VMs again: a command sent
+            // shows there as a task under way.
+            if unsaved.sends == SENDS_PER_SAVE {
+                self.flush(job, unsaved)?;
+                unsaved.sends = 0;
+            }
+            unsaved.sends += 1;
+            unsaved.vms.insert(i);
+            match self
+                .client
+                .server_action(&job.compute_url, &job.token, &vm, op)
+            {
+                Ok(()) => {
+                    unsaved.step(&vm, op.name(), "accepted");
+                    // The wait counts from the command, however long the tick took to get
+                    // to it.
+                    let sent_at = self.store.now_ms();
+                    let v = &mut job.vms[i];
+                    v.sent = true;
+                    v.since = Some(sent_at);
+                    v.polls = 0;
+                    return self.schedule_poll(job, unsaved, i, sent_at, state);
+                }
+                // Synnefo answers 400 when the server is not in a state the action applies
+                // to; that may be because it just moved. Read it again before failing.
+                Err(error) if error.status() == Some(400) => {
+                    match self.client.server_status(&job.compute_url, &job.token, &vm) {
+                        Ok(fresh) => {
+                            unsaved.step(&vm, "status", fresh.to_string());
+                            if fresh.status == source && fresh.task.is_empty() {
+                                unsaved.step(&vm, op.name(), error.to_string());
+                                let failure = Failure::Okeanos {
+                                    vm,
+                                    op: op.name(),
+                                    error,
+                                };
+                                return Err(Stop::Failed(failure));
+                            }
+                            state = fresh;
+                            if state.status == target && state.task.is_empty() {
+                                job.vms[i].state = VmState::Done;
+                                unsaved.step(&vm, "wait", format!("{target} after 0 polls"));
+                                return Ok(());
+                            }
+                        }
+                        Err(e) => return self.retry_or_fail(job, unsaved, &[i], "status", e, now),
+                    }
+                }
+                Err(error) => {
+                    return self.retry_or_fail(job, unsaved, &[i], op.name(), error, now);
+                }
+            }
+        }
+        self.schedule_poll(job, unsaved, i, now, state)
+    }
+
+    /// VM `i` is not there yet at `now`: it fails if its wait is over, else it is due again
+    /// after a pause that grows with each read.
+    fn schedule_poll(
+        &mut self,
+        job: &mut Job,
+        unsaved: &mut Unsaved,
+        i: usize,
+        now: i64,
+        state: ServerState,
+    ) -> Result<(), Stop> {
+        let target = command(job.action).target();
+        let vm = job.vms[i].vm.clone();
+        let v = &mut job.vms[i];
+        let waited = now - v.since.unwrap_or(now);
+        if waited >= self.settings.vm_wait_timeout.as_millis() as i64 {
+            let failure = Failure::TimedOut {
+                vm: vm.clone(),
+                target,
+                secs: self.settings.vm_wait_timeout.as_secs(),
+                last: state,
+            };
+            unsaved.step(&vm, "wait", failure.to_string());
+            return Err(Stop::Failed(failure));
+        }
+        let pause = self.poll_pause(v.polls);
+        v.polls += 1;
+        // Never past the wait's end, so that a VM that never arrives fails on time.
+        let deadline = v.since.unwrap_or(now) + self.settings.vm_wait_timeout.as_millis() as i64;
+        v.next_at = (now + pause.as_millis() as i64).min(deadline);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -268,22 +453,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_with_jitter_and_a_cap() {
-        let base = Duration::from_millis(100);
-        for attempt in 1..=4 {
-            let nominal = base * (1 << (attempt - 1));
-            let samples: Vec<Duration> = (0..50).map(|_| backoff(base, attempt)).collect();
-            assert!(
-                samples
-                    .iter()
-                    .all(|d| *d >= nominal / 2 && *d < nominal * 3 / 2),
-                "{samples:?}"
-            );
-            assert!(
-                samples.iter().any(|d| *d != samples[0]),
-                "no jitter: {samples:?}"
-            );
-        }
-        assert!(backoff(base, 40) < MAX_BACKOFF * 3 / 2);
+    fn phases_are_named_for_people() {
+        assert_eq!(
+            phase_step(ActionKind::Start, &["2", "3"], false),
+            "start 2 slaves"
+        );
+        assert_eq!(
+            phase_step(ActionKind::Start, &["1"], true),
+            "start the master"
+        );
+        assert_eq!(
+            phase_step(ActionKind::Stop, &["1"], true),
+            "shutdown the master"
+        );
+        assert_eq!(
+            phase_step(ActionKind::Stop, &["3"], false),
+            "shutdown 1 slave"
+        );
     }
 }

@@ -12,7 +12,7 @@ use lambda_api::config::Config;
 use lambda_api::model::Status;
 use lambda_api::store::NewInstance;
 use lambda_api::Service;
-use okeanos_sim::{demo_fixture, Faults, Sim, SimConfig};
+use okeanos_sim::{demo_fixture, Faults, Fixture, FixtureServer, Sim, SimConfig};
 use serde_json::Value;
 
 pub const TOKEN: &str = "demo-token-tJ3b3f32f23ceuqdoS";
@@ -51,9 +51,14 @@ pub fn test_config(dir: &std::path::Path, sim: &Sim) -> Config {
 }
 
 pub fn start_sim(transition: Duration) -> Sim {
+    start_sim_with(demo_fixture(), transition)
+}
+
+/// A simulator of `fixture`.
+pub fn start_sim_with(fixture: Fixture, transition: Duration) -> Sim {
     Sim::start(SimConfig {
         listen: "127.0.0.1:0".into(),
-        fixture: demo_fixture(),
+        fixture,
         transition,
         faults: Faults::default(),
         threads: 4,
@@ -69,7 +74,16 @@ impl Harness {
     }
 
     pub fn with(transition: Duration, tune: impl FnOnce(&mut Config)) -> Harness {
-        let sim = start_sim(transition);
+        Harness::with_fixture(demo_fixture(), transition, tune)
+    }
+
+    /// As [`Harness::with`], on a simulator of `fixture`.
+    pub fn with_fixture(
+        fixture: Fixture,
+        transition: Duration,
+        tune: impl FnOnce(&mut Config),
+    ) -> Harness {
+        let sim = start_sim_with(fixture, transition);
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path(), &sim);
         tune(&mut config);
@@ -100,11 +114,22 @@ impl Harness {
     }
 
     pub fn add_instance_for(&self, owner: &str, status: Status) -> String {
+        self.add_cluster(owner, MASTER, &SLAVES, status)
+    }
+
+    /// Registers an instance of `owner` with these VMs.
+    pub fn add_cluster(
+        &self,
+        owner: &str,
+        master: &str,
+        slaves: &[&str],
+        status: Status,
+    ) -> String {
         let new = NewInstance {
             name: "demo".into(),
             owner: owner.into(),
-            master: MASTER.into(),
-            slaves: SLAVES.iter().map(|s| s.to_string()).collect(),
+            master: master.into(),
+            slaves: slaves.iter().map(|s| s.to_string()).collect(),
             status,
         };
         self.config.db().open().unwrap().add_instance(&new).unwrap()
@@ -267,4 +292,16 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The demo fixture with `n` more STOPPED VMs of the demo user, named `v0`, `v1`, ...
+pub fn fixture_with_vms(n: usize) -> Fixture {
+    let mut fixture = demo_fixture();
+    fixture.servers.extend((0..n).map(|i| FixtureServer {
+        id: format!("v{i}"),
+        name: format!("vm-{i}"),
+        owner: USER.into(),
+        status: "STOPPED".into(),
+    }));
+    fixture
 }

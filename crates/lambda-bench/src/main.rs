@@ -6,11 +6,13 @@
 //! the single-connection SQLite commit rate of the same disk with the same `synchronous`. The
 //! table also goes to target/bench/latest.md.
 //!
-//! `lambda-bench ceiling --listen ADDR --threads N` is that bare responder.
+//! `lambda-bench ceiling --listen ADDR --threads N` is that bare responder; `lambda-bench
+//! engine` runs the engine section alone (`make bench-engine`).
 
 #![forbid(unsafe_code)]
 
 mod ceiling;
+mod engine;
 mod load;
 mod procs;
 
@@ -34,7 +36,6 @@ pub(crate) const HTTP_THREADS: usize = 8;
 pub(crate) const CONNECTIONS: [usize; 3] = [1, 32, 128];
 /// Seconds of each wrk run.
 pub(crate) const RUN_SECS: u64 = 3;
-pub(crate) const WORKER_ACTIONS: usize = 500;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,7 +47,8 @@ fn main() {
         ceiling(&listen, threads);
         return;
     }
-    if let Err(e) = bench() {
+    let only_engine = args.first().map(String::as_str) == Some("engine");
+    if let Err(e) = bench(only_engine) {
         eprintln!("lambda-bench: {e}");
         std::process::exit(1);
     }
@@ -72,7 +74,8 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-fn bench() -> Res<()> {
+/// Every section, or (`lambda-bench engine`) the engine's alone.
+fn bench(only_engine: bool) -> Res<()> {
     let exe = std::env::current_exe().map_err(err("current exe"))?;
     let bin = Bin {
         dir: exe.parent().ok_or("no binary folder")?.to_path_buf(),
@@ -90,6 +93,10 @@ fn bench() -> Res<()> {
         "| measure | conns | figure | ceiling | ratio | p50 | p99 | unexpected |"
     );
     let _ = writeln!(table, "|---|---|---|---|---|---|---|---|");
+    if only_engine {
+        engine::engine(&bin, &work, synchronous, &mut table, &mut notes)?;
+        return report(&root, "the engine section alone", &table, &notes);
+    }
 
     // Ceilings first: the disk, then the bare responder.
     eprintln!("measuring the ceilings ...");
@@ -343,78 +350,7 @@ fn bench() -> Res<()> {
         size as f64 / (1 << 20) as f64
     );
 
-    // Worker throughput: 500 instances × 3 VMs of their own, a simulator with no delay.
-    eprintln!("worker throughput ...");
-    let per_user = WORKER_ACTIONS / USERS;
-    let wfixture = work.join("workers-fixture.json");
-    write_fixture(&wfixture, &|u| {
-        (0..per_user * 3).map(|k| format!("w{u}-{k}")).collect()
-    })?;
-    let mut first_rate = 0.0;
-    for workers in [1usize, 4, 16] {
-        let wdb = work.join(format!("workers-{workers}.db"));
-        let mut store = Database::new(&wdb, synchronous)
-            .open()
-            .map_err(err("database"))?;
-        let rows: Vec<_> = (0..WORKER_ACTIONS)
-            .map(|i| {
-                let (u, j) = (i % USERS, i / USERS);
-                let vms = (0..3).map(|k| format!("w{u}-{}", j * 3 + k)).collect();
-                instance(format!("w-{i}"), user_id(u), vms, Status::Stopped)
-            })
-            .collect();
-        let wids = store.add_instances(&rows).map_err(err("load"))?;
-        drop(store);
-        let (_sim, sim_addr) = bin.sim(&wfixture, 0)?;
-        let poll_ms = 20;
-        let (_svc, addr, _) = bin.service(&wdb, &sim_addr, workers, poll_ms)?;
-        let base = format!("http://{addr}");
-        for u in 0..USERS {
-            let _ = agent
-                .get(&format!("{base}/api/authenticate/"))
-                .header("X-Auth-Token", &token(u))
-                .call();
-        }
-        let started = Instant::now();
-        for (i, id) in wids.iter().enumerate() {
-            agent
-                .post(&format!("{base}/api/lambda-instances/{id}/"))
-                .header("X-Auth-Token", &token(i % USERS))
-                .content_type("application/x-www-form-urlencoded")
-                .send("action=start")
-                .map_err(err("worker bench"))?;
-        }
-        let (elapsed, text) = loop {
-            let text = agent
-                .get(&format!("{base}/metrics"))
-                .call()
-                .map_err(err("metrics"))?
-                .body_mut()
-                .read_to_string()
-                .map_err(err("metrics"))?;
-            if metric(&text, "lambda_actions_finished_total") >= WORKER_ACTIONS as f64 {
-                break (started.elapsed(), text);
-            }
-            if started.elapsed() > Duration::from_secs(300) {
-                return Err("worker bench: actions did not finish in 300 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let failed = metric(&text, "lambda_actions_finished_total{state=\"failed\"}");
-        let calls = metric(&text, "lambda_okeanos_calls_total{op=\"status\"")
-            + metric(&text, "lambda_okeanos_calls_total{op=\"start\"");
-        let rate = WORKER_ACTIONS as f64 / elapsed.as_secs_f64();
-        if workers == 1 {
-            first_rate = rate;
-        }
-        let _ = writeln!(
-            table,
-            "| workers={workers}: {WORKER_ACTIONS} starts × 3 VMs, poll {poll_ms} ms | | {rate:.1} actions/s | ×{workers} of workers=1: {:.1} | {:.0} % | | | {failed} failed; {:.1} okeanos calls/action |",
-            first_rate * workers as f64,
-            rate / (first_rate * workers as f64) * 100.0,
-            calls / WORKER_ACTIONS as f64
-        );
-    }
+    engine::engine(&bin, &work, synchronous, &mut table, &mut notes)?;
 
     for (name, ratio, p99) in &at32 {
         notes.push(format!(
@@ -430,10 +366,18 @@ fn bench() -> Res<()> {
             .collect::<Vec<_>>()
             .join(" / ")
     ));
+    let runs = format!(
+        "synchronous={}; each run {RUN_SECS} s (write path {write_secs} s)",
+        synchronous.name()
+    );
+    report(&root, &runs, &table, &notes)
+}
+
+/// Prints the table and its notes, and writes them to `root`/latest.md.
+fn report(root: &Path, runs: &str, table: &str, notes: &[String]) -> Res<()> {
     let report = format!(
-        "# lambda-bench\n\nmachine: {} cores; synchronous={}; each run {RUN_SECS} s (write path {write_secs} s)\n\n{table}\n{}\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        synchronous.name(),
+        "# lambda-bench\n\nmachine: {} cores; {runs}\n\n{table}\n{}\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
         notes.join("\n")
     );
     print!("{report}");

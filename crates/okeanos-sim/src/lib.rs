@@ -141,6 +141,7 @@ impl Sim {
             calls: Vec::new(),
             transition: config.transition,
             rng: fastrand::Rng::with_seed(config.seed),
+            held: 0,
         }));
         let server = Arc::new(server);
         let stopping = Arc::new(AtomicBool::new(false));
@@ -201,6 +202,11 @@ impl Sim {
     /// Makes a token invalid from now on, as an expired one is.
     pub fn revoke_token(&self, token: &str) {
         self.lock().users.remove(token);
+    }
+
+    /// How many calls are waiting now on a held server (`Faults::hold`).
+    pub fn held_calls(&self) -> usize {
+        self.lock().held
     }
 
     /// Every call answered so far, oldest first.

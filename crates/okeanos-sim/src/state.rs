@@ -17,6 +17,11 @@ pub(crate) struct Vm {
 }
 
 impl Vm {
+    /// The task under way (`SNF:task_state`), or "".
+    fn task(&self) -> &'static str {
+        self.pending.as_ref().map_or("", |p| p.2)
+    }
+
     pub(crate) fn settle(&mut self, now: Instant) {
         if let Some((target, due, _)) = &self.pending {
             if *due <= now {
@@ -35,6 +40,8 @@ pub(crate) struct State {
     pub(crate) transition: Duration,
     /// Draws which calls fail under `error_rate`; seeded, so a run can be repeated.
     pub(crate) rng: fastrand::Rng,
+    /// Calls waiting now on a held server.
+    pub(crate) held: usize,
 }
 
 /// Calls kept in the log; older ones are dropped.
@@ -123,6 +130,28 @@ pub(crate) fn identity(s: &State, base: &str, body: &[u8]) -> (u16, Value) {
     )
 }
 
+/// `GET servers/detail`: every server of the token's owner, with its status and task.
+pub(crate) fn list(s: &mut State, token: Option<&str>) -> (u16, Value) {
+    let Some((user, _)) = token.and_then(|t| s.users.get(t)).cloned() else {
+        return fault(401, "unauthorized", "Invalid token");
+    };
+    if let Some(f) = s.compute_fault() {
+        return f;
+    }
+    let now = Instant::now();
+    let servers: Vec<Value> = s
+        .vms
+        .iter_mut()
+        .filter(|(_, vm)| vm.owner == user)
+        .map(|(id, vm)| {
+            vm.settle(now);
+            json!({"id": id, "name": vm.name, "status": vm.status,
+                   "SNF:task_state": vm.task(), "user_id": vm.owner})
+        })
+        .collect();
+    (200, json!({ "servers": servers }))
+}
+
 /// A compute call on server `id`: `action` None reads it, Some("start"/"shutdown") acts.
 pub(crate) fn compute(
     s: &mut State,
@@ -153,11 +182,10 @@ pub(crate) fn compute(
     vm.settle(now);
     let (target, from, verb) = match action {
         None => {
-            let task = vm.pending.as_ref().map_or("", |p| p.2);
             return (
                 200,
                 json!({"server": {"id": id, "name": vm.name, "status": vm.status,
-                                  "SNF:task_state": task, "user_id": vm.owner}}),
+                                  "SNF:task_state": vm.task(), "user_id": vm.owner}}),
             );
         }
         Some("start") => ("ACTIVE", "STOPPED", "START"),
@@ -219,6 +247,7 @@ mod tests {
             calls: Vec::new(),
             transition: Duration::ZERO,
             rng: fastrand::Rng::with_seed(7),
+            held: 0,
         }
     }
 
@@ -238,10 +267,12 @@ mod tests {
     fn a_pending_start_shows_its_task() {
         let mut s = state();
         s.transition = Duration::from_secs(60);
+        s.transition = Duration::from_secs(60);
         assert_eq!(compute(&mut s, Some("t1"), "1", Some("start")).0, 202);
         let (_, v) = compute(&mut s, Some("t1"), "1", None);
         assert_eq!(v["server"]["status"], "STOPPED");
         assert_eq!(v["server"]["SNF:task_state"], "STARTING");
+        s.transition = Duration::from_secs(60);
         assert_eq!(compute(&mut s, Some("t1"), "1", Some("start")).0, 202);
         assert_eq!(compute(&mut s, Some("t1"), "1", Some("shutdown")).0, 409);
     }
@@ -252,6 +283,30 @@ mod tests {
         assert_eq!(compute(&mut s, Some("t2"), "1", None).0, 404);
         assert_eq!(compute(&mut s, Some("nope"), "1", None).0, 401);
         assert_eq!(compute(&mut s, None, "1", None).0, 401);
+    }
+
+    #[test]
+    fn the_list_shows_the_owners_servers_only() {
+        let mut s = state();
+        s.vms.insert(
+            "2".to_string(),
+            Vm {
+                owner: "u2".into(),
+                name: "x".into(),
+                status: "ACTIVE".into(),
+                pending: None,
+            },
+        );
+        s.transition = Duration::from_secs(60);
+        assert_eq!(compute(&mut s, Some("t1"), "1", Some("start")).0, 202);
+        let (status, v) = list(&mut s, Some("t1"));
+        assert_eq!(status, 200);
+        assert_eq!(
+            v["servers"],
+            json!([{"id": "1", "name": "m", "status": "STOPPED", "SNF:task_state": "STARTING",
+                    "user_id": "u1"}])
+        );
+        assert_eq!(list(&mut s, Some("nope")).0, 401);
     }
 
     #[test]
