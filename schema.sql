@@ -1,8 +1,9 @@
 -- lambda-api schema (PRAGMA user_version says which version a database has).
 -- Applied by store::open inside one transaction whenever a database is older than the binary;
--- every statement is idempotent, so a change must be additive. Version 2 added
--- idempotency_keys; version 3 added actions.due_at and action_vms (the column is added by
--- store/mod.rs's migration, since SQLite has no ADD COLUMN IF NOT EXISTS).
+-- every statement is idempotent. Version 2 added idempotency_keys. Version 3 added the
+-- destroy action, actions.due_at and network_url, lambda_instances.network_id and
+-- public_ip_id, and action_vms; store/mod.rs's migration rebuilds an older actions table
+-- and adds the columns before this file runs (SQLite cannot change a CHECK in place).
 -- Times are milliseconds since the Unix epoch (UTC).
 
 CREATE TABLE IF NOT EXISTS lambda_instances (
@@ -12,7 +13,10 @@ CREATE TABLE IF NOT EXISTS lambda_instances (
     status          TEXT NOT NULL CHECK (status IN ('STARTED', 'STOPPED', 'PENDING', 'STARTING',
                                                     'STOPPING', 'DESTROYING', 'DESTROYED', 'FAILED')),
     failure_message TEXT,
-    created_at      INTEGER NOT NULL
+    created_at      INTEGER NOT NULL,
+    -- What destroy deletes besides the VMs: the private network and the floating IP.
+    network_id      TEXT,
+    public_ip_id    TEXT
 );
 CREATE INDEX IF NOT EXISTS lambda_instances_by_owner ON lambda_instances (owner, created_at);
 
@@ -27,13 +31,14 @@ CREATE TABLE IF NOT EXISTS instance_servers (
 CREATE TABLE IF NOT EXISTS actions (
     id          TEXT PRIMARY KEY,               -- uuid
     instance_id TEXT NOT NULL REFERENCES lambda_instances (id) ON DELETE CASCADE,
-    action      TEXT NOT NULL CHECK (action IN ('start', 'stop')),
+    action      TEXT NOT NULL CHECK (action IN ('start', 'stop', 'destroy')),
     state       TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),
     attempts    INTEGER NOT NULL DEFAULT 0,     -- how many times a worker took it up
     error       TEXT,
     -- What the worker needs to act for the owner; set only while the action is live.
     token       TEXT,
     compute_url TEXT,
+    network_url TEXT,                           -- the catalog's network endpoint, if any
     -- The current run's claim: only its holder may record steps or finish the action.
     claim       TEXT,
     lease_until INTEGER,
@@ -53,7 +58,9 @@ CREATE INDEX IF NOT EXISTS actions_by_instance ON actions (instance_id, created_
 CREATE INDEX IF NOT EXISTS actions_due ON actions (due_at) WHERE state IN ('queued', 'running');
 
 -- Where a run is with each VM of its action. Phase 0 goes first (the slaves of a start, the
--- master of a stop); phase 1 once every VM of phase 0 is done.
+-- master of a stop, every VM of a destroy); phase 1 once every VM of phase 0 is done. A
+-- destroy's phase 1 is the floating IP and the private network, named 'floatingip/<id>' and
+-- 'network/<id>'.
 CREATE TABLE IF NOT EXISTS action_vms (
     action_id TEXT NOT NULL REFERENCES actions (id) ON DELETE CASCADE,
     vm        TEXT NOT NULL,

@@ -25,6 +25,8 @@ pub struct User {
     pub name: String,
     /// Where this user's servers are driven; from the service catalog unless configured.
     pub compute_url: String,
+    /// Where a destroy deletes this user's floating IPs and networks, from the catalog.
+    pub network_url: Option<String>,
 }
 
 /// Picks the token out of the three headers the API accepts: `Authorization: Token <t>`,
@@ -129,6 +131,7 @@ impl Authenticator {
                     id: identity.user_id,
                     name: identity.name,
                     compute_url,
+                    network_url: identity.network_url,
                 }))
             });
         let verdict = match &result {

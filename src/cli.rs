@@ -15,7 +15,8 @@ lambda-api: starts and stops ~okeanos lambda instances for their owners
 Usage:
   lambda-api serve [--config FILE]
   lambda-api instances add --name NAME --owner USER_UUID --master SERVER_ID
-                           [--slave SERVER_ID]... [--status STATUS] [--config FILE]
+                           [--slave SERVER_ID]... [--status STATUS]
+                           [--network ID] [--public-ip ID] [--config FILE]
   lambda-api instances list [--config FILE]
   lambda-api instances remove ID [--config FILE]
   lambda-api check-config [--config FILE]
@@ -24,7 +25,8 @@ Commands:
   serve            run the HTTP API and the workers until stopped
   instances add    register a lambda instance (prints its new id); STATUS is one of
                    STARTED STOPPED PENDING STARTING STOPPING DESTROYING DESTROYED FAILED
-                   (default STOPPED)
+                   (default STOPPED); --network and --public-ip name the private network
+                   and the floating IP that destroy deletes with the VMs
   instances list   list every registered instance, one a line
   instances remove delete an instance and its action history
   check-config     print the effective configuration, or the mistake in it
@@ -43,6 +45,8 @@ struct Args {
     master: Option<String>,
     slaves: Vec<String>,
     status: Option<String>,
+    network: Option<String>,
+    public_ip: Option<String>,
     help: bool,
     version: bool,
 }
@@ -59,6 +63,8 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, Error> {
             Long("master") => a.master = Some(parser.value()?.string()?),
             Long("slave") => a.slaves.push(parser.value()?.string()?),
             Long("status") => a.status = Some(parser.value()?.string()?),
+            Long("network") => a.network = Some(parser.value()?.string()?),
+            Long("public-ip") => a.public_ip = Some(parser.value()?.string()?),
             Long("help") | Short('h') => a.help = true,
             Long("version") | Short('V') => a.version = true,
             Value(v) => a.words.push(v.string()?),
@@ -84,10 +90,13 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
         || a.owner.is_some()
         || a.master.is_some()
         || !a.slaves.is_empty()
-        || a.status.is_some();
+        || a.status.is_some()
+        || a.network.is_some()
+        || a.public_ip.is_some();
     if adds && words != ["instances", "add"] {
         return Err(Error::Usage(
-            "--name, --owner, --master, --slave and --status go with `instances add`; see --help"
+            "--name, --owner, --master, --slave, --status, --network and --public-ip go with \
+             `instances add`; see --help"
                 .into(),
         ));
     }
@@ -120,6 +129,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
                 master,
                 slaves: a.slaves.clone(),
                 status,
+                network: a.network.clone().filter(|n| !n.trim().is_empty()),
+                public_ip: a.public_ip.clone().filter(|p| !p.trim().is_empty()),
             })?;
             println!("{id}");
             Ok(())
@@ -127,7 +138,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
         ["instances", "list"] => {
             let store = config()?.db().open()?;
             for i in store.all_instances()? {
-                println!(
+                let mut line = format!(
                     "{}\t{}\t{}\t{}\tmaster={}\tslaves={}",
                     i.id,
                     i.status.name(),
@@ -136,6 +147,14 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
                     i.master,
                     i.slaves.join(",")
                 );
+                // What destroy deletes besides the VMs, where the instance has it.
+                if let Some(n) = &i.network {
+                    line.push_str(&format!("\tnetwork={n}"));
+                }
+                if let Some(p) = &i.public_ip {
+                    line.push_str(&format!("\tpublic_ip={p}"));
+                }
+                println!("{line}");
             }
             Ok(())
         }
@@ -200,11 +219,14 @@ mod tests {
     #[test]
     fn add_collects_slaves() {
         let a = parse(args(
-            "instances add --name n --owner o --master 1 --slave 2 --slave 3",
+            "instances add --name n --owner o --master 1 --slave 2 --slave 3 --network n1 \
+             --public-ip ip1",
         ))
         .unwrap();
         assert_eq!(a.words, vec!["instances", "add"]);
         assert_eq!(a.slaves, vec!["2", "3"]);
+        assert_eq!(a.network.as_deref(), Some("n1"));
+        assert_eq!(a.public_ip.as_deref(), Some("ip1"));
     }
 
     #[test]
@@ -212,6 +234,7 @@ mod tests {
         for bad in [
             "nonsense",
             "serve --name x",
+            "serve --network n",
             "instances add --name n",
             "instances add --name n --owner o --master m --status up",
             "serve --bogus",

@@ -53,16 +53,17 @@ impl Status {
         }
     }
 
+    /// The original service's sentence for the status, which its clients show.
     pub fn detail(self) -> &'static str {
         match self {
-            Status::Started => "Lambda instance is started.",
-            Status::Stopped => "Lambda instance is stopped.",
-            Status::Pending => "Lambda instance is pending.",
-            Status::Starting => "Lambda instance is starting.",
-            Status::Stopping => "Lambda instance is stopping.",
-            Status::Destroying => "Lambda instance is being destroyed.",
-            Status::Destroyed => "Lambda instance has been destroyed.",
-            Status::Failed => "Lambda instance has failed.",
+            Status::Started => "Lambda instance has been started",
+            Status::Stopped => "Lambda instance has been stopped",
+            Status::Pending => "Lambda instance installation is pending",
+            Status::Starting => "Lambda instance is starting",
+            Status::Stopping => "Lambda instance is stopping",
+            Status::Destroying => "Lambda instance is being destroyed",
+            Status::Destroyed => "Lambda instance has been destroyed",
+            Status::Failed => "Lambda instance has failed",
         }
     }
 
@@ -79,6 +80,8 @@ impl Status {
 pub enum ActionKind {
     Start,
     Stop,
+    /// Deletes every VM, then the floating IP and the private network.
+    Destroy,
 }
 
 impl ActionKind {
@@ -86,6 +89,7 @@ impl ActionKind {
         match self {
             ActionKind::Start => "start",
             ActionKind::Stop => "stop",
+            ActionKind::Destroy => "destroy",
         }
     }
 
@@ -93,6 +97,7 @@ impl ActionKind {
         match name {
             "start" => Some(ActionKind::Start),
             "stop" => Some(ActionKind::Stop),
+            "destroy" => Some(ActionKind::Destroy),
             _ => None,
         }
     }
@@ -102,6 +107,7 @@ impl ActionKind {
         match self {
             ActionKind::Start => Status::Starting,
             ActionKind::Stop => Status::Stopping,
+            ActionKind::Destroy => Status::Destroying,
         }
     }
 
@@ -110,6 +116,7 @@ impl ActionKind {
         match self {
             ActionKind::Start => Status::Started,
             ActionKind::Stop => Status::Stopped,
+            ActionKind::Destroy => Status::Destroyed,
         }
     }
 }
@@ -183,15 +190,23 @@ pub enum Decision {
 /// in flight. `seen` is None when the owner has no such instance. Pure: the store applies it
 /// once to an unlocked read, and again inside the transaction that creates the action.
 pub fn decide(seen: Option<&Seen>, kind: ActionKind) -> Decision {
-    use ActionKind::{Start, Stop};
+    use ActionKind::{Destroy, Start, Stop};
     let Some(Seen { status, live }) = seen else {
         return Decision::NotFound;
     };
+    let supersede = || Decision::Create {
+        supersede: live.as_ref().map(|l| l.id.clone()),
+    };
     match (*status, kind) {
+        // Destroy (SPEC §4): from any settled status; never while a start or stop runs.
+        (Status::Stopped | Status::Started | Status::Failed | Status::Pending, Destroy) => {
+            supersede()
+        }
+        (Status::Destroyed, Destroy) => {
+            Decision::Conflict("The specified lambda instance is already destroyed.".into())
+        }
         (Status::Stopped | Status::Failed, Start) | (Status::Started | Status::Failed, Stop) => {
-            Decision::Create {
-                supersede: live.as_ref().map(|l| l.id.clone()),
-            }
+            supersede()
         }
         (Status::Started, Start) => {
             Decision::Conflict("The specified lambda instance is already started.".into())
@@ -199,15 +214,17 @@ pub fn decide(seen: Option<&Seen>, kind: ActionKind) -> Decision {
         (Status::Stopped, Stop) => {
             Decision::Conflict("The specified lambda instance is already stopped.".into())
         }
-        (Status::Starting, Start) | (Status::Stopping, Stop) => match live {
-            // An instance left in its transient status with nothing in flight (set by hand,
-            // say) gets a fresh action rather than staying stuck there.
-            None => Decision::Create { supersede: None },
-            Some(l) if l.kind == kind => Decision::Merge(l.id.clone()),
-            // The status says one thing and the action in flight another: refuse rather
-            // than guess.
-            Some(_) => conflict_while(*status, kind),
-        },
+        (Status::Starting, Start) | (Status::Stopping, Stop) | (Status::Destroying, Destroy) => {
+            match live {
+                // An instance left in its transient status with nothing in flight (set by hand,
+                // say) gets a fresh action rather than staying stuck there.
+                None => Decision::Create { supersede: None },
+                Some(l) if l.kind == kind => Decision::Merge(l.id.clone()),
+                // The status says one thing and the action in flight another: refuse rather
+                // than guess.
+                Some(_) => conflict_while(*status, kind),
+            }
+        }
         (other, kind) => conflict_while(other, kind),
     }
 }
@@ -316,6 +333,30 @@ mod tests {
                 check(s, None, k, &refused(k, s));
             }
         }
+    }
+
+    #[test]
+    fn destroy() {
+        use ActionKind::Destroy;
+        for s in [
+            Status::Stopped,
+            Status::Started,
+            Status::Failed,
+            Status::Pending,
+        ] {
+            check(s, None, Destroy, "create");
+        }
+        check(Status::Destroying, Some(Destroy), Destroy, "merge into a");
+        check(Status::Destroying, None, Destroy, "create");
+        for s in [Status::Starting, Status::Stopping] {
+            check(s, Some(Start), Destroy, &refused(Destroy, s));
+        }
+        check(
+            Status::Destroyed,
+            None,
+            Destroy,
+            "The specified lambda instance is already destroyed.",
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Identity {
     pub name: String,
     /// The `compute` entry of the service catalog, if any.
     pub compute_url: Option<String>,
+    /// The `network` entry of the service catalog, if any.
+    pub network_url: Option<String>,
 }
 
 /// Why a token could not be accepted.
@@ -263,6 +265,27 @@ impl Client {
         Ok(servers.iter().filter_map(server_state).collect())
     }
 
+    /// `DELETE {url}`: a server (`{compute}/servers/{id}`), a floating IP
+    /// (`{network}/floatingips/{id}`) or a network (`{network}/networks/{id}`). Ok(true) when
+    /// it is deleted or being deleted, Ok(false) when it was already gone (404).
+    pub fn delete(&self, op: &'static str, url: &str, token: &str) -> Result<bool, OkeanosError> {
+        let started = Instant::now();
+        let reply = self
+            .agent
+            .delete(url)
+            .header("X-Auth-Token", token)
+            .header("Accept", "application/json")
+            .call();
+        let reply = read(reply);
+        self.record(op, started, &reply);
+        let (status, body) = reply.map_err(OkeanosError::Transport)?;
+        match status {
+            200..=299 => Ok(true),
+            404 => Ok(false),
+            _ => Err(fault(status, &body)),
+        }
+    }
+
     /// `POST {compute}/servers/{id}/action` with `{"start":{}}` or `{"shutdown":{}}`.
     pub fn server_action(
         &self,
@@ -324,17 +347,20 @@ fn parse_identity(body: &[u8]) -> Option<Identity> {
     let user = &v["access"]["user"];
     let user_id = user["id"].as_str()?.to_string();
     let name = user["name"].as_str().unwrap_or(&user_id).to_string();
-    let compute_url = v["access"]["serviceCatalog"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|entry| entry["type"] == "compute")
-        .and_then(|entry| entry["endpoints"].as_array()?.first()?["publicURL"].as_str())
-        .map(|url| url.trim_end_matches('/').to_string());
+    let endpoint = |kind: &str| {
+        v["access"]["serviceCatalog"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|entry| entry["type"] == kind)
+            .and_then(|entry| entry["endpoints"].as_array()?.first()?["publicURL"].as_str())
+            .map(|url| url.trim_end_matches('/').to_string())
+    };
     Some(Identity {
         user_id,
         name,
-        compute_url,
+        compute_url: endpoint("compute"),
+        network_url: endpoint("network"),
     })
 }
 
@@ -422,6 +448,7 @@ mod tests {
         assert_eq!(id.user_id, "u-1");
         assert_eq!(id.name, "Ann");
         assert_eq!(id.compute_url.as_deref(), Some("http://c/compute/v2.0"));
+        assert_eq!(id.network_url, None);
         assert_eq!(parse_identity(br#"{"access":{}}"#), None);
     }
 }

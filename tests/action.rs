@@ -10,8 +10,11 @@ fn slow() -> Harness {
     Harness::start(Duration::from_secs(60))
 }
 
+/// The error body every 4xx/5xx carries: the documented fields and the original's.
 fn error_body(status: u16, message: &str, details: &str) -> String {
-    json!({"errors": [{"message": message, "code": status, "details": details}]}).to_string()
+    json!({"errors": [{"message": message, "code": status, "details": details,
+                       "status": status, "detail": message}]})
+    .to_string()
 }
 
 fn action_id(r: &Resp) -> String {
@@ -142,8 +145,7 @@ fn unauthorized_body_and_header() {
     let h = slow();
     let id = h.add_instance(Status::Stopped);
     let url = h.url(&format!("/api/lambda-instances/{id}/"));
-    let expected =
-        r#"{"errors":[{"message":"Invalid token","code":401,"details":"unauthorized"}]}"#;
+    let expected = r#"{"errors":[{"message":"Invalid token","code":401,"details":"unauthorized","status":401,"detail":"Invalid token"}]}"#;
     for headers in [
         vec![],
         vec![("Authorization", "Token not-a-real-token")],
@@ -234,11 +236,23 @@ fn another_users_instance_is_not_found() {
     );
 }
 
+/// A DESTROYED instance is kept for reference (SPEC §1, §4): its details answer, and a
+/// start or a stop is refused with 409.
 #[test]
-fn destroyed_is_not_found() {
+fn destroyed_is_kept_for_reference_and_refuses_actions() {
     let h = slow();
     let id = h.add_instance(Status::Destroyed);
-    assert_eq!(h.action(&id, "start").status, 404);
+    for action in ["start", "stop"] {
+        let r = h.action(&id, action);
+        assert_eq!(r.status, 409, "{action}: {}", r.body);
+        let message =
+            format!("Can't {action} a lambda instance while lambda instance status is DESTROYED.");
+        assert_eq!(r.body, error_body(409, &message, "conflict"));
+    }
+    let status = h.status_of(&id);
+    assert_eq!(status["message"], "DESTROYED");
+    assert_eq!(status["code"], "6");
+    assert_eq!(status["detail"], "Lambda instance has been destroyed");
 }
 
 /// The seed page's own call: `curl -X POST -H "Authentication:Token ..." -F "action=start"`,
@@ -264,7 +278,8 @@ fn the_seed_curl_call() {
     let v: Value = serde_json::from_str(json_body).unwrap();
     assert_eq!(
         v["status"],
-        json!({"code": 202, "short-description": "Your request has been accepted"})
+        json!({"code": 202, "short-description": "Your request has been accepted",
+               "short_description": "Your request has been accepted"})
     );
     let action = v["data"][0]["id"].as_str().unwrap();
     let link = format!("{}/api/lambda-instances/{id}/actions/{action}/", h.base);
@@ -368,9 +383,18 @@ fn details_and_filters() {
     );
     assert_eq!(
         v["data"][0]["status"],
-        json!({"message": "STOPPED", "code": "1", "detail": "Lambda instance is stopped.", "failure_message": ""})
+        json!({"message": "STOPPED", "code": "1", "detail": "Lambda instance has been stopped"})
     );
-    assert_eq!(v["data"][0]["info"]["slave_servers"], json!(["102", "103"]));
+    let info = &v["data"][0]["info"];
+    assert_eq!(info["slave_servers"], json!(["102", "103"]));
+    // Where the original puts them, and its clients read them.
+    assert_eq!(info["id"], json!(id));
+    assert_eq!(info["name"], "demo");
+    assert_eq!(
+        info["instance_info"],
+        json!({"master_server": "101", "slave_servers": ["102", "103"]})
+    );
+    assert_eq!(v["data"][0]["applications"], json!([]));
     let v = h
         .get(
             &format!("/api/lambda-instances/{id}/?filter=status"),

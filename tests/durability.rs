@@ -310,3 +310,33 @@ fn no_token_in_the_files_once_the_action_ended() {
         (!found).then_some(())
     });
 }
+
+/// Killed after a destroy's first delete went out: the restart finishes the destroy, and no
+/// VM is deleted twice (a delete sent shows as a task under way, or the VM as gone).
+#[test]
+fn crash_during_a_destroy() {
+    let c = Crash::new(Duration::from_millis(1500), 0);
+    let mut first = c.serve();
+    let url = format!("{}/api/lambda-instances/{}/", first.base, c.id);
+    let r = delete(&url, &[("X-Auth-Token", TOKEN)]);
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_for("the first delete", || {
+        c.sim.calls().iter().any(|x| x.op == "delete").then_some(())
+    });
+    first.kill9();
+    let second = c.serve();
+    let details = format!("{}/api/lambda-instances/{}/", second.base, c.id);
+    wait_for("DESTROYED after the restart", || {
+        let v = get(&details, Some(TOKEN)).json();
+        (v["data"][0]["status"]["message"] == "DESTROYED").then_some(())
+    });
+    let calls = c.sim.calls();
+    for vm in [MASTER, SLAVES[0], SLAVES[1]] {
+        assert_eq!(c.sim.vm_status(vm).as_deref(), Some("DELETED"), "{vm}");
+        let deletes = calls
+            .iter()
+            .filter(|x| x.op == "delete" && x.server.as_deref() == Some(vm))
+            .count();
+        assert_eq!(deletes, 1, "{vm} deleted more than once: {calls:?}");
+    }
+}

@@ -55,7 +55,7 @@ fn list_and_count_show_only_the_callers_live_instances() {
     assert!(v.get("pagination").is_none());
     assert_eq!(
         v["data"][0],
-        json!({"name": "demo", "id": mine[0], "status": {"message": "STOPPED", "code": "1", "detail": "Lambda instance is stopped."}})
+        json!({"name": "demo", "id": mine[0], "status": {"message": "STOPPED", "code": "1", "detail": "Lambda instance has been stopped"}, "running_app": false})
     );
     let v = h.get("/api/lambda-instances/count/", Some(TOKEN)).json();
     assert_eq!(

@@ -13,6 +13,8 @@ mod engine;
 mod faults;
 /// Mutated requests from a fixed seed.
 mod fuzz;
+/// Destroy, and the calls of the original service's clients.
+mod lifecycle;
 /// The real binary: the command line, configuration, and surviving SIGKILL.
 mod process;
 /// The read calls, action tracking, idempotency keys and metrics.

@@ -1,6 +1,7 @@
-//! `POST /api/lambda-instances/{id}/`, the seed's call: token → instance → action → state
-//! table, with `Idempotency-Key`. It translates: the decision is `model::decide`'s, its
-//! commit the store's, what a key means `idempotency`'s.
+//! `POST /api/lambda-instances/{id}/`, the seed's call (token → instance → action → state
+//! table), and `DELETE /api/lambda-instances/{id}/`, destroy (SPEC §4), both with
+//! `Idempotency-Key`. They translate: the decision is `model::decide`'s, its commit the
+//! store's, what a key means `idempotency`'s.
 
 use serde_json::json;
 
@@ -15,8 +16,22 @@ use crate::model::ActionKind;
 use crate::store::{Requested, Store, StoredAnswer};
 
 pub const INSTANCE_NOT_FOUND: &str = "The specified lambda instance doesn't exist.";
+const ACCEPTED: &str = "Your request has been accepted";
+const DESTROY_ACCEPTED: &str =
+    "Your request to destroy the specified lambda instance has been accepted";
 const BAD_ACTION: &str = "action POST parameter can be used with start or stop value.";
 
+/// The `Idempotency-Key` of a request, if it has one; 400 for one that is not plain text.
+fn key(head: &Head) -> Result<Option<&str>, ApiError> {
+    match head.header("idempotency-key") {
+        None => Ok(None),
+        Some(raw) => idempotency::parse_key(raw)
+            .map(Some)
+            .ok_or_else(|| ApiError::BadRequest(idempotency::BAD_KEY.into())),
+    }
+}
+
+/// `POST`: start or stop, from the body's `action` field.
 pub fn handle(
     app: &App,
     store: &mut Store,
@@ -25,27 +40,58 @@ pub fn handle(
     caller: &Caller,
     id: &str,
 ) -> Result<Reply, ApiError> {
-    let owner = &caller.user.id;
-    let key = match head.header("idempotency-key") {
-        None => None,
-        Some(raw) => Some(
-            idempotency::parse_key(raw)
-                .ok_or_else(|| ApiError::BadRequest(idempotency::BAD_KEY.into()))?,
-        ),
-    };
+    let key = key(head)?;
     let seen = store
-        .seen(id, owner)?
+        .seen(id, &caller.user.id)?
         .ok_or_else(|| ApiError::NotFound(INSTANCE_NOT_FOUND.into()))?;
     check_body_head(head, app.max_body_bytes)?;
     let bytes = read_body(body, app.max_body_bytes)?;
-    let kind = action_field(head.header("content-type"), &bytes)?
-        .as_deref()
-        .and_then(ActionKind::parse)
-        .ok_or_else(|| ApiError::BadRequest(BAD_ACTION.into()))?;
+    let kind = match action_field(head.header("content-type"), &bytes)?.as_deref() {
+        Some("start") => ActionKind::Start,
+        Some("stop") => ActionKind::Stop,
+        _ => return Err(ApiError::BadRequest(BAD_ACTION.into())),
+    };
+    request(app, store, head, caller, id, key, (kind, seen))
+}
+
+/// `DELETE`: destroy. No body is read.
+pub fn destroy(
+    app: &App,
+    store: &mut Store,
+    head: &Head,
+    caller: &Caller,
+    id: &str,
+) -> Result<Reply, ApiError> {
+    let key = key(head)?;
+    let seen = store
+        .seen(id, &caller.user.id)?
+        .ok_or_else(|| ApiError::NotFound(INSTANCE_NOT_FOUND.into()))?;
+    request(
+        app,
+        store,
+        head,
+        caller,
+        id,
+        key,
+        (ActionKind::Destroy, seen),
+    )
+}
+
+/// The state table on what was `seen`, through the idempotency key if there is one.
+fn request(
+    app: &App,
+    store: &mut Store,
+    head: &Head,
+    caller: &Caller,
+    id: &str,
+    key: Option<&str>,
+    (kind, seen): (ActionKind, crate::model::Seen),
+) -> Result<Reply, ApiError> {
+    let owner = &caller.user.id;
     let request = |store: &mut Store| -> Result<Reply, ApiError> {
         let (user, token) = (&caller.user, caller.token);
-        let outcome =
-            store.request_action(Some(&seen), id, owner, kind, token, &user.compute_url)?;
+        let endpoints = (user.compute_url.as_str(), user.network_url.as_deref());
+        let outcome = store.request_action(Some(&seen), id, owner, kind, token, endpoints)?;
         accepted(app, head, id, kind, outcome)
     };
     let Some(key) = key else {
@@ -96,12 +142,16 @@ fn accepted(
     };
     let base = head.base_url(&app.listen);
     let location = format!("{base}/api/lambda-instances/{id}/actions/{action_id}/");
+    let status = match kind {
+        // The seed's key, and the one the original's code and every other answer use.
+        ActionKind::Start | ActionKind::Stop => {
+            json!({"code": 202, "short-description": ACCEPTED, "short_description": ACCEPTED})
+        }
+        ActionKind::Destroy => json!({"code": 202, "short_description": DESTROY_ACCEPTED}),
+    };
     let reply = Reply::json(
         202,
-        &json!({
-            "status": {"code": 202, "short-description": "Your request has been accepted"},
-            "data": [{"id": action_id, "links": {"self": location}}],
-        }),
+        &json!({"status": status, "data": [{"id": action_id, "links": {"self": location}}]}),
     )
     .with_header("Location", location);
     let retry = app.eta.retry_after(std::time::Duration::ZERO);

@@ -109,7 +109,9 @@ pub fn list_instances(
             if let Some(m) = i.failure_message {
                 status["failure_message"] = Value::String(m);
             }
-            json!({"name": i.name, "id": i.id, "status": status})
+            // The original lists whether an application runs on the instance; none is ever
+            // deployed through this service.
+            json!({"name": i.name, "id": i.id, "status": status, "running_app": false})
         })
         .collect();
     let mut body = json!({
@@ -186,13 +188,15 @@ pub fn action(
     Ok(reply.with_header("Retry-After", retry.to_string()))
 }
 
-/// The `status` object of an instance.
+/// The `status` object of an instance; `failure_message` only when there is one, as the
+/// original sends it.
 #[derive(Serialize)]
 struct StatusJson<'a> {
     message: &'static str,
     code: &'static str,
     detail: &'static str,
-    failure_message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure_message: Option<&'a str>,
 }
 
 impl StatusJson<'_> {
@@ -201,14 +205,29 @@ impl StatusJson<'_> {
             message: instance.status.name(),
             code: instance.status.code(),
             detail: instance.status.detail(),
-            failure_message: instance.failure_message.as_deref().unwrap_or(""),
+            failure_message: instance
+                .failure_message
+                .as_deref()
+                .filter(|m| !m.is_empty()),
         }
     }
 }
 
-/// The `info` object of an instance.
+/// What is known of the cluster: the original's `instance_info`.
+#[derive(Serialize)]
+struct ClusterJson<'a> {
+    master_server: &'a str,
+    slave_servers: &'a [String],
+}
+
+/// The `info` object of an instance: the record's `id`, `name` and `instance_info`, where the
+/// original's clients read them (its web UI takes the record's id from `info.id`), and the
+/// cluster's servers and age.
 #[derive(Serialize)]
 struct InfoJson<'a> {
+    id: &'a str,
+    name: &'a str,
+    instance_info: ClusterJson<'a>,
     master_server: &'a str,
     slave_servers: &'a [String],
     created_at: String,
@@ -224,6 +243,10 @@ struct DetailsJson<'a> {
     info: Option<InfoJson<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<StatusJson<'a>>,
+    /// The applications deployed on the instance, as the original lists them: none is ever
+    /// deployed through this service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applications: Option<[(); 0]>,
 }
 
 /// `{"status": {...}, "data": [item]}`, the envelope of a read.
@@ -258,11 +281,18 @@ pub fn instance_details(
         id: &instance.id,
         name: &instance.name,
         info: info.then(|| InfoJson {
+            id: &instance.id,
+            name: &instance.name,
+            instance_info: ClusterJson {
+                master_server: &instance.master,
+                slave_servers: &instance.slaves,
+            },
             master_server: &instance.master,
             slave_servers: &instance.slaves,
             created_at: rfc3339(instance.created_at),
         }),
         status: status.then(|| StatusJson::of(&instance)),
+        applications: info.then_some([]),
     };
     Ok(Reply::json(
         200,

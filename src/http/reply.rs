@@ -126,14 +126,19 @@ impl ApiError {
         }
     }
 
-    /// The error body `{"errors":[{"message","code","details"}]}` with the headers that go
-    /// with some statuses.
+    /// The error body with the headers that go with some statuses. Each error carries the
+    /// documented `message`, `code` and `details`, and the `status` and `detail` the
+    /// original service's clients read (its web UI shows `detail` and branches on
+    /// `status`).
     pub fn reply(&self) -> Reply {
         let status = self.status();
         let (message, details) = self.message_and_slug();
         let reply = Reply::json(
             status,
-            &json!({"errors": [{"message": message, "code": status, "details": details}]}),
+            &json!({"errors": [{
+                "message": message, "code": status, "details": details,
+                "status": status, "detail": message,
+            }]}),
         );
         match self {
             ApiError::Unauthorized => reply.with_header("WWW-Authenticate", "Token"),
@@ -170,7 +175,7 @@ mod tests {
         assert_eq!(r.status, 401);
         assert_eq!(
             String::from_utf8(r.body).unwrap(),
-            r#"{"errors":[{"message":"Invalid token","code":401,"details":"unauthorized"}]}"#
+            r#"{"errors":[{"message":"Invalid token","code":401,"details":"unauthorized","status":401,"detail":"Invalid token"}]}"#
         );
         assert_eq!(r.headers[1], ("WWW-Authenticate", "Token".to_string()));
     }

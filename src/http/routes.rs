@@ -43,7 +43,7 @@ impl Route<'_> {
 
     fn allow(&self) -> &'static str {
         match self {
-            Route::Instance(_) => "GET, HEAD, POST",
+            Route::Instance(_) => "DELETE, GET, HEAD, POST",
             _ => "GET, HEAD",
         }
     }
@@ -112,7 +112,7 @@ fn dispatch(
     let method = head.method.as_str();
     let read = matches!(method, "GET" | "HEAD");
     match (route, method) {
-        (Route::Instance(_), "POST") => {}
+        (Route::Instance(_), "POST" | "DELETE") => {}
         (_, _) if read => {}
         _ => return Err(ApiError::MethodNotAllowed(route.allow())),
     }
@@ -131,6 +131,9 @@ fn dispatch(
         )),
         Route::Instance(id) if method == "POST" => {
             action_call::handle(app, store, head, body, &caller, id)
+        }
+        Route::Instance(id) if method == "DELETE" => {
+            action_call::destroy(app, store, head, &caller, id)
         }
         Route::Instance(id) => reads::instance_details(store, head, user, id),
         Route::Instances => reads::list_instances(app, store, head, user),

@@ -65,6 +65,7 @@ pub(super) struct NewAction {
     kind: ActionKind,
     token: String,
     compute_url: String,
+    network_url: Option<String>,
 }
 
 /// What `conn` sees of `owner`'s instance: its status and its action in flight.
@@ -72,7 +73,7 @@ fn read_seen(conn: &Connection, instance_id: &str, owner: &str) -> Result<Option
     let status: Option<String> = conn
         .prepare_cached(
             "SELECT status FROM lambda_instances
-             WHERE id = ?1 AND owner = ?2 AND status <> 'DESTROYED'",
+             WHERE id = ?1 AND owner = ?2",
         )?
         .query_row(params![instance_id, owner], |r| r.get(0))
         .optional()?;
@@ -108,7 +109,8 @@ fn create_one(conn: &Connection, a: &NewAction, now: i64) -> Result<Requested> {
     if let Some(stale) = supersede {
         conn.execute(
             "UPDATE actions SET state = 'failed', error = 'superseded by a new action',
-                 token = NULL, compute_url = NULL, claim = NULL, finished_at = ?2
+                 token = NULL, compute_url = NULL, network_url = NULL, claim = NULL,
+                 due_at = NULL, finished_at = ?2
              WHERE id = ?1",
             params![stale, now],
         )?;
@@ -117,9 +119,9 @@ fn create_one(conn: &Connection, a: &NewAction, now: i64) -> Result<Requested> {
     // actions committed together share its last page instead of each dirtying a random one.
     let id = uuid::Uuid::now_v7().to_string();
     conn.prepare_cached(
-        "INSERT INTO actions (id, instance_id, action, state, token, compute_url, created_at,
-                              due_at)
-         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?6)",
+        "INSERT INTO actions (id, instance_id, action, state, token, compute_url, network_url,
+                              created_at, due_at)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?7)",
     )?
     .execute(params![
         id,
@@ -127,6 +129,7 @@ fn create_one(conn: &Connection, a: &NewAction, now: i64) -> Result<Requested> {
         a.kind.name(),
         a.token,
         a.compute_url,
+        a.network_url,
         now
     ])?;
     conn.prepare_cached(
@@ -152,8 +155,8 @@ fn action_from_row(r: &rusqlite::Row) -> rusqlite::Result<ActionRecord> {
 }
 
 impl Store {
-    /// The instance's status and action in flight, read together, if `owner` has it (and it
-    /// is not destroyed): what an action request is decided on.
+    /// The instance's status and action in flight, read together, if `owner` has it: what an
+    /// action request is decided on.
     pub fn seen(&mut self, id: &str, owner: &str) -> Result<Option<Seen>> {
         let tx = self.conn.transaction()?;
         read_seen(&tx, id, owner)
@@ -161,7 +164,8 @@ impl Store {
 
     /// Decides an action request on what was `seen` and, when a new action is due, commits it
     /// (the status change and the action row together). When this returns `Created`, the
-    /// action is on disk.
+    /// action is on disk. `endpoints` are the owner's compute and network URLs, which the
+    /// action keeps with the token while it is live.
     pub fn request_action(
         &mut self,
         seen: Option<&Seen>,
@@ -169,7 +173,7 @@ impl Store {
         owner: &str,
         kind: ActionKind,
         token: &str,
-        compute_url: &str,
+        endpoints: (&str, Option<&str>),
     ) -> Result<Requested> {
         // Most repeated requests change nothing (a merge, a conflict): they are answered from
         // the unlocked read. Only a new action goes on to be written.
@@ -181,7 +185,8 @@ impl Store {
             owner: owner.to_string(),
             kind,
             token: token.to_string(),
-            compute_url: compute_url.to_string(),
+            compute_url: endpoints.0.to_string(),
+            network_url: endpoints.1.map(str::to_string),
         };
         let shared = self.shared.clone();
         shared
@@ -322,7 +327,7 @@ pub(crate) mod tests {
     ) -> Requested {
         let seen = store.seen(id, owner).unwrap();
         store
-            .request_action(seen.as_ref(), id, owner, kind, "tok", "http://c")
+            .request_action(seen.as_ref(), id, owner, kind, "tok", ("http://c", None))
             .unwrap()
     }
 
@@ -349,13 +354,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn destroyed_and_foreign_are_not_found() {
+    fn destroyed_is_a_conflict_and_foreign_is_not_found() {
         let (mut store, _) = store();
         let id = instance(&mut store, Status::Destroyed);
-        assert_eq!(
+        assert!(matches!(
             request(&mut store, &id, ActionKind::Start),
-            Requested::NotFound
-        );
+            Requested::Conflict(_)
+        ));
         let id = instance(&mut store, Status::Stopped);
         let r = request_as(&mut store, &id, "intruder", ActionKind::Start);
         assert_eq!(r, Requested::NotFound);
@@ -371,7 +376,14 @@ pub(crate) mod tests {
             panic!("not created")
         };
         let again = store
-            .request_action(stale.as_ref(), &id, OWNER, ActionKind::Start, "t", "c")
+            .request_action(
+                stale.as_ref(),
+                &id,
+                OWNER,
+                ActionKind::Start,
+                "t",
+                ("c", None),
+            )
             .unwrap();
         assert_eq!(again, Requested::Merged(a));
     }
@@ -388,6 +400,8 @@ pub(crate) mod tests {
                 master: "m".into(),
                 slaves: vec![],
                 status: Status::Stopped,
+                network: None,
+                public_ip: None,
             })
             .collect()
     }
@@ -421,7 +435,7 @@ pub(crate) mod tests {
                         OWNER,
                         ActionKind::Start,
                         "t",
-                        "c",
+                        ("c", None),
                     );
                     (id, r.unwrap())
                 })

@@ -17,6 +17,10 @@ pub struct Instance {
     pub master: String,
     pub slaves: Vec<String>,
     pub created_at: i64,
+    /// The private network destroy deletes, if any.
+    pub network: Option<String>,
+    /// The floating IP destroy deletes, if any.
+    pub public_ip: Option<String>,
 }
 
 /// An instance as the list shows it.
@@ -36,35 +40,53 @@ pub struct NewInstance {
     pub master: String,
     pub slaves: Vec<String>,
     pub status: Status,
+    pub network: Option<String>,
+    pub public_ip: Option<String>,
 }
 
-/// An instance's own columns, as `instance_from_row` takes them.
-type InstanceRow = (String, String, String, String, Option<String>, i64);
+/// An instance's own columns, as `with_servers` takes them.
+struct InstanceRow {
+    id: String,
+    name: String,
+    owner: String,
+    status: String,
+    failure_message: Option<String>,
+    created_at: i64,
+    network: Option<String>,
+    public_ip: Option<String>,
+}
 
-/// Reads `id, name, owner, status, failure_message, created_at` (and ignores what follows).
+/// The columns `instance_row` reads, in its order.
+const INSTANCE_COLUMNS: &str = "i.id, i.name, i.owner, i.status, i.failure_message, \
+     i.created_at, i.network_id, i.public_ip_id";
+
+/// Reads the columns of [`INSTANCE_COLUMNS`] (and ignores what follows).
 fn instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
+    Ok(InstanceRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        owner: r.get(2)?,
+        status: r.get(3)?,
+        failure_message: r.get(4)?,
+        created_at: r.get(5)?,
+        network: r.get(6)?,
+        public_ip: r.get(7)?,
+    })
 }
 
 /// An instance from its row and its VMs.
 fn with_servers(row: InstanceRow, master: String, slaves: Vec<String>) -> Result<Instance> {
-    let (id, name, owner, status, failure_message, created_at) = row;
     Ok(Instance {
-        status: status_of(status)?,
-        id,
-        name,
-        owner,
-        failure_message,
+        status: status_of(row.status)?,
+        id: row.id,
+        name: row.name,
+        owner: row.owner,
+        failure_message: row.failure_message,
         master,
         slaves,
-        created_at,
+        created_at: row.created_at,
+        network: row.network,
+        public_ip: row.public_ip,
     })
 }
 
@@ -80,15 +102,24 @@ impl Store {
         let mut ids = Vec::with_capacity(new.len());
         {
             let mut instance = tx.prepare(
-                "INSERT INTO lambda_instances (id, name, owner, status, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO lambda_instances (id, name, owner, status, created_at, network_id,
+                                               public_ip_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut server = tx.prepare(
                 "INSERT INTO instance_servers (instance_id, position, server_id) VALUES (?1, ?2, ?3)",
             )?;
             for i in new {
                 let id = uuid::Uuid::new_v4().to_string();
-                instance.execute(params![id, i.name, i.owner, i.status.name(), now])?;
+                instance.execute(params![
+                    id,
+                    i.name,
+                    i.owner,
+                    i.status.name(),
+                    now,
+                    i.network,
+                    i.public_ip
+                ])?;
                 let servers = std::iter::once(&i.master).chain(&i.slaves);
                 for (position, s) in servers.enumerate() {
                     server.execute(params![id, position as i64, s])?;
@@ -129,27 +160,27 @@ impl Store {
         Ok((master, all))
     }
 
-    /// The instance `id` if `owner` owns it and it is not destroyed; another user's instance
-    /// is as absent as a missing one.
+    /// The instance `id` if `owner` owns it (a DESTROYED one is kept for reference); another
+    /// user's instance is as absent as a missing one.
     pub fn owned_instance(&self, id: &str, owner: &str) -> Result<Option<Instance>> {
         // One statement, so one read transaction: a row per VM, the master first.
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT i.id, i.name, i.owner, i.status, i.failure_message, i.created_at, s.server_id
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {INSTANCE_COLUMNS}, s.server_id
              FROM lambda_instances i LEFT JOIN instance_servers s ON s.instance_id = i.id
-             WHERE i.id = ?1 AND i.owner = ?2 AND i.status <> 'DESTROYED'
-             ORDER BY s.position",
-        )?;
+             WHERE i.id = ?1 AND i.owner = ?2
+             ORDER BY s.position"
+        ))?;
         let mut rows = stmt.query(params![id, owner])?;
         let Some(first) = rows.next()? else {
             return Ok(None);
         };
         let row = instance_row(first)?;
-        let Some(master) = first.get::<_, Option<String>>(6)? else {
-            return Err(no_servers(&row.0));
+        let Some(master) = first.get::<_, Option<String>>(8)? else {
+            return Err(no_servers(&row.id));
         };
         let mut slaves = Vec::new();
         while let Some(r) = rows.next()? {
-            slaves.push(r.get(6)?);
+            slaves.push(r.get(8)?);
         }
         with_servers(row, master, slaves).map(Some)
     }
@@ -158,15 +189,14 @@ impl Store {
     pub fn all_instances(&self) -> Result<Vec<Instance>> {
         let rows = self
             .conn
-            .prepare(
-                "SELECT id, name, owner, status, failure_message, created_at
-                 FROM lambda_instances ORDER BY created_at, rowid",
-            )?
+            .prepare(&format!(
+                "SELECT {INSTANCE_COLUMNS} FROM lambda_instances i ORDER BY created_at, rowid"
+            ))?
             .query_map([], instance_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter()
             .map(|row| {
-                let (master, slaves) = self.servers(&row.0)?;
+                let (master, slaves) = self.servers(&row.id)?;
                 with_servers(row, master, slaves)
             })
             .collect()
@@ -234,6 +264,8 @@ pub(crate) mod tests {
                 master: "m".into(),
                 slaves: vec!["s1".into(), "s2".into()],
                 status,
+                network: None,
+                public_ip: None,
             })
             .unwrap()
     }

@@ -79,6 +79,8 @@ pub struct Job {
     pub action: ActionKind,
     pub token: String,
     pub compute_url: String,
+    /// The catalog's network endpoint, for a destroy's floating IP and private network.
+    pub network_url: Option<String>,
     pub claim: String,
     /// How many times a run took the action up: 1, then one more for each restart or
     /// takeover of an expired lease.
@@ -92,13 +94,18 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// The phase of the VM at `position` for `kind`: a start brings the slaves up first, then
-/// the master; a stop takes the master down first, then the slaves.
+/// the master; a stop takes the master down first, then the slaves; a destroy deletes every
+/// VM at once (its network resources are phase 1).
 fn phase_of(kind: ActionKind, position: i64) -> i64 {
     match (kind, position) {
         (ActionKind::Start, 0) | (ActionKind::Stop, 1..) => 1,
         _ => 0,
     }
 }
+
+/// The prefixes of a destroy's phase-1 rows in `action_vms`.
+pub const FLOATING_IP: &str = "floatingip/";
+pub const NETWORK: &str = "network/";
 
 /// Whether `claim` still holds `action_id`; renews its lease if it does.
 fn renew(tx: &Transaction, action_id: &str, claim: &str, until: i64) -> Result<bool> {
@@ -139,16 +146,15 @@ impl Store {
     /// come, one whose holder's lease has expired, or (with `queued`) a new one. The claim is
     /// fresh, so whoever held the action before can no longer write it.
     pub fn claim_due(&mut self, lease: Duration, queued: bool) -> Result<Option<Job>> {
-        let now = self.now_ms();
-        let tx = self.begin_write()?;
-        let next: Option<String> = tx
-            .prepare_cached(
-                "SELECT id FROM actions
+        const DUE: &str = "SELECT id FROM actions
                  WHERE state IN ('queued', 'running') AND due_at <= ?1
                    AND ((state = 'queued' AND ?2) OR (state = 'running' AND claim IS NULL)
                         OR (state = 'running' AND lease_until < ?1))
-                 ORDER BY due_at, rowid LIMIT 1",
-            )?
+                 ORDER BY due_at, rowid LIMIT 1";
+        let now = self.now_ms();
+        let tx = self.begin_write()?;
+        let next: Option<String> = tx
+            .prepare_cached(DUE)?
             .query_row(params![now, queued], |r| r.get(0))
             .optional()?;
         let Some(action_id) = next else {
@@ -162,18 +168,19 @@ impl Store {
              WHERE id = ?1",
         )?
         .execute(params![action_id, claim, now + millis(lease), now])?;
-        let (instance_id, owner, action, token, compute_url, attempt, created_at): (
+        let (instance_id, owner, action, token, compute_url, network_url, attempt, created_at): (
             String,
             String,
             String,
             String,
             String,
+            Option<String>,
             i64,
             i64,
         ) = tx
             .prepare_cached(
-                "SELECT a.instance_id, i.owner, a.action, a.token, a.compute_url, a.attempts,
-                        a.created_at
+                "SELECT a.instance_id, i.owner, a.action, a.token, a.compute_url, a.network_url,
+                        a.attempts, a.created_at
                  FROM actions a JOIN lambda_instances i ON i.id = a.instance_id WHERE a.id = ?1",
             )?
             .query_row(params![action_id], |r| r.try_into())?;
@@ -184,17 +191,39 @@ impl Store {
             tx.prepare_cached(
                 "INSERT INTO action_vms (action_id, vm, position, phase, state, next_at)
                  SELECT ?1, server_id, position,
-                        CASE WHEN (?2 = 'start') = (position = 0) THEN 1 ELSE 0 END, 'todo', ?3
+                        CASE WHEN ?2 = 'destroy' THEN 0
+                             WHEN (?2 = 'start') = (position = 0) THEN 1 ELSE 0 END, 'todo', ?3
                  FROM instance_servers WHERE instance_id = ?4",
             )?
             .execute(params![action_id, action.name(), now, instance_id])?;
+            if action == ActionKind::Destroy {
+                // Then the floating IP and the private network, where the instance has them.
+                tx.prepare_cached(
+                    "INSERT INTO action_vms (action_id, vm, position, phase, state, next_at)
+                     SELECT ?1, ?2 || public_ip_id, 1000000, 1, 'todo', ?3
+                     FROM lambda_instances WHERE id = ?4 AND public_ip_id IS NOT NULL
+                     UNION ALL
+                     SELECT ?1, ?5 || network_id, 1000001, 1, 'todo', ?3
+                     FROM lambda_instances WHERE id = ?4 AND network_id IS NOT NULL",
+                )?
+                .execute(params![
+                    action_id,
+                    FLOATING_IP,
+                    now,
+                    instance_id,
+                    NETWORK
+                ])?;
+            }
             vms = read_vms(&tx, &action_id)?;
             if vms.is_empty() {
                 return Err(StoreError::Corrupt(format!(
                     "instance {instance_id} has no servers"
                 )));
             }
-            debug_assert!(vms.iter().all(|v| v.phase == phase_of(action, v.position)));
+            debug_assert!(vms
+                .iter()
+                .filter(|v| v.position < 1000000)
+                .all(|v| v.phase == phase_of(action, v.position)));
         }
         tx.commit()?;
         Ok(Some(Job {
@@ -204,6 +233,7 @@ impl Store {
             action,
             token,
             compute_url,
+            network_url,
             claim,
             attempt,
             created_at,
@@ -270,7 +300,8 @@ impl Store {
         };
         let held = tx.execute(
             "UPDATE actions SET state = ?3, error = ?4, finished_at = ?5, token = NULL,
-                 compute_url = NULL, claim = NULL, lease_until = NULL, due_at = NULL
+                 compute_url = NULL, network_url = NULL, claim = NULL, lease_until = NULL,
+                 due_at = NULL
              WHERE id = ?1 AND claim = ?2 AND state = 'running'",
             params![job.action_id, job.claim, state, error, now],
         )? == 1;
@@ -292,15 +323,16 @@ impl Store {
         Ok(held)
     }
 
-    /// When the next action falls due (a running one's due time, a claimed one's lease
-    /// expiry, or, with `queued`, a new one), if any is live.
+    /// When the next unclaimed action falls due (a running one, or with `queued` a new one),
+    /// if any; through the due-time index. (A claimed one whose lease expires is found by
+    /// the idle workers' regular look.)
     pub fn next_due(&self, queued: bool) -> Result<Option<i64>> {
         let at = self
             .conn
             .prepare_cached(
-                "SELECT MIN(CASE WHEN claim IS NULL THEN due_at ELSE lease_until END)
-                 FROM actions
-                 WHERE (state = 'running') OR (state = 'queued' AND ?1)",
+                "SELECT MIN(due_at) FROM actions
+                 WHERE state IN ('queued', 'running') AND claim IS NULL
+                   AND (state = 'running' OR ?1)",
             )?
             .query_row(params![queued], |r| r.get(0))?;
         Ok(at)
@@ -408,6 +440,37 @@ mod tests {
         let job = store.claim_due(LEASE, true).unwrap().unwrap();
         let phases: Vec<i64> = job.vms.iter().map(|v| v.phase).collect();
         assert_eq!(phases, vec![0, 1, 1], "the master first");
+    }
+
+    #[test]
+    fn a_destroy_deletes_the_vms_then_the_network_resources() {
+        let (mut store, _) = store();
+        let id = store
+            .add_instance(&crate::store::NewInstance {
+                name: "d".into(),
+                owner: OWNER.into(),
+                master: "m".into(),
+                slaves: vec!["s1".into()],
+                status: Status::Started,
+                network: Some("n1".into()),
+                public_ip: Some("ip1".into()),
+            })
+            .unwrap();
+        request(&mut store, &id, ActionKind::Destroy);
+        assert_eq!(status(&store, &id), Status::Destroying);
+        let job = store.claim_due(LEASE, true).unwrap().unwrap();
+        let phases: Vec<(&str, i64)> = job.vms.iter().map(|v| (v.vm.as_str(), v.phase)).collect();
+        assert_eq!(
+            phases,
+            vec![
+                ("m", 0),
+                ("s1", 0),
+                ("floatingip/ip1", 1),
+                ("network/n1", 1)
+            ]
+        );
+        assert!(store.finish(&job, None, &[]).unwrap());
+        assert_eq!(status(&store, &id), Status::Destroyed);
     }
 
     #[test]

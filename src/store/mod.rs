@@ -23,7 +23,7 @@ use rusqlite::{Connection, TransactionBehavior};
 pub use actions::{ActionRecord, Requested, Step};
 pub use idempotency::StoredAnswer;
 pub use instances::{Instance, NewInstance, Summary};
-pub use jobs::{Job, NewStep, VmProgress, VmState};
+pub use jobs::{Job, NewStep, VmProgress, VmState, FLOATING_IP, NETWORK};
 
 use crate::clock::Clock;
 use crate::model::{ActionKind, ActionState, Status};
@@ -156,11 +156,12 @@ impl Database {
 
     /// Opens a connection, creating the file (mode 0600) and migrating it if needed.
     pub fn open(&self) -> Result<Store> {
+        let synchronous = self.synchronous;
         create_private(&self.path)?;
         let conn = Connection::open(&self.path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", self.synchronous.name())?;
+        conn.pragma_update(None, "synchronous", synchronous.name())?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // Erased tokens are overwritten on disk, not merely unlinked from the b-tree.
         conn.pragma_update(None, "secure_delete", "ON")?;
@@ -264,6 +265,12 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<()> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if (1..3).contains(&version) {
+            self.before_version_3()?;
+        }
         let tx = self.begin_write()?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
@@ -273,27 +280,47 @@ impl Store {
             });
         }
         if version < SCHEMA_VERSION {
-            // Version 3's column, on a table an older version made (a new table has it).
-            let has_due: bool = tx.query_row(
-                "SELECT COUNT(*) > 0 FROM pragma_table_info('actions') WHERE name = 'due_at'",
-                [],
-                |r| r.get(0),
-            )?;
-            let exists: bool = tx.query_row(
-                "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'actions'",
-                [],
-                |r| r.get(0),
-            )?;
-            if exists && !has_due {
-                tx.execute_batch(
-                    "ALTER TABLE actions ADD COLUMN due_at INTEGER;
-                     UPDATE actions SET due_at = created_at WHERE state IN ('queued', 'running');",
-                )?;
-            }
             tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         tx.commit()
+    }
+
+    /// Version 3's changes to the tables of versions 1 and 2: the `actions` table is rebuilt
+    /// (its CHECK now allows `destroy`, and it has `due_at` and `network_url`), and
+    /// `lambda_instances` gains `network_id` and `public_ip_id`. SQLite's way: foreign keys
+    /// off (outside the transaction), the old table renamed without rewriting the references
+    /// to it, the new one made by `schema.sql`, the rows copied, the old table dropped.
+    fn before_version_3(&mut self) -> Result<()> {
+        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
+        self.conn.pragma_update(None, "legacy_alter_table", "ON")?;
+        let rebuilt = (|| -> Result<()> {
+            let tx = self.begin_write()?;
+            tx.execute_batch(
+                "ALTER TABLE actions RENAME TO actions_v2;
+                 DROP INDEX IF EXISTS actions_one_live_per_instance;
+                 DROP INDEX IF EXISTS actions_live;
+                 DROP INDEX IF EXISTS actions_by_instance;
+                 ALTER TABLE lambda_instances ADD COLUMN network_id TEXT;
+                 ALTER TABLE lambda_instances ADD COLUMN public_ip_id TEXT;",
+            )?;
+            tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(
+                "INSERT INTO actions (id, instance_id, action, state, attempts, error, token,
+                     compute_url, claim, lease_until, created_at, started_at, finished_at,
+                     due_at)
+                 SELECT id, instance_id, action, state, attempts, error, token, compute_url,
+                     claim, lease_until, created_at, started_at, finished_at,
+                     CASE WHEN state IN ('queued', 'running') THEN created_at END
+                 FROM actions_v2;
+                 DROP TABLE actions_v2;
+                 PRAGMA user_version = 3;",
+            )?;
+            tx.commit()
+        })();
+        self.conn.pragma_update(None, "legacy_alter_table", "OFF")?;
+        self.conn.pragma_update(None, "foreign_keys", "ON")?;
+        rebuilt
     }
 
     /// Answers whether the database is reachable and readable.

@@ -2,6 +2,7 @@
 //! ~okeanos. The channel only wakes a worker up; SQLite says what there is to do, so a full
 //! channel or a restart loses nothing.
 
+mod destroy;
 mod listing;
 mod run;
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use log::warn;
 
+use super::destroy;
 use super::listing::Servers;
 use super::Worker;
 use crate::model::ActionKind;
@@ -49,6 +50,11 @@ pub enum Failure {
         secs: u64,
         last: ServerState,
     },
+    /// A destroy could not delete a floating IP or a private network.
+    Resource { name: String, error: OkeanosError },
+    /// A destroy has a network resource to delete, and the service catalog no network
+    /// endpoint to delete it at.
+    NoNetworkEndpoint(String),
     /// The run panicked: a bug, contained.
     Panicked(String),
 }
@@ -70,6 +76,11 @@ impl std::fmt::Display for Failure {
                 f,
                 "server {vm} did not become {target} within {secs} s (last status {last})"
             ),
+            Failure::Resource { name, error } => write!(f, "{error} on delete of {name}"),
+            Failure::NoNetworkEndpoint(name) => write!(
+                f,
+                "cannot delete {name}: the service catalog has no network endpoint"
+            ),
             Failure::Panicked(what) => {
                 write!(f, "internal error while running the action: {what}")
             }
@@ -80,7 +91,7 @@ impl std::fmt::Display for Failure {
 impl std::error::Error for Failure {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Failure::Okeanos { error, .. } => Some(error),
+            Failure::Okeanos { error, .. } | Failure::Resource { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -118,19 +129,25 @@ pub(super) enum Tick {
 /// the action's parking or end.
 #[derive(Default)]
 pub(super) struct Unsaved {
-    vms: BTreeSet<usize>,
+    /// The indexes of the VMs changed.
+    changed: BTreeSet<usize>,
     pub(super) steps: Vec<NewStep>,
     /// Commands sent since the last save.
     sends: usize,
 }
 
 impl Unsaved {
-    /// The VMs of `job` this tick changed.
-    pub(super) fn vms(&self, job: &Job) -> Vec<VmProgress> {
-        self.vms.iter().map(|i| job.vms[*i].clone()).collect()
+    /// Marks VM `i` as changed.
+    pub(super) fn touch(&mut self, i: usize) {
+        self.changed.insert(i);
     }
 
-    fn step(&mut self, vm: &str, op: &str, result: impl Into<String>) {
+    /// The VMs of `job` this tick changed.
+    pub(super) fn vms(&self, job: &Job) -> Vec<VmProgress> {
+        self.changed.iter().map(|i| job.vms[*i].clone()).collect()
+    }
+
+    pub(super) fn step(&mut self, vm: &str, op: &str, result: impl Into<String>) {
         self.steps.push(NewStep {
             vm: vm.to_string(),
             op: op.to_string(),
@@ -139,16 +156,20 @@ impl Unsaved {
     }
 }
 
-/// The command of an action kind.
+/// The command of a start or a stop (a destroy deletes: `destroy.rs`).
 fn command(kind: ActionKind) -> ServerAction {
     match kind {
-        ActionKind::Start => ServerAction::Start,
         ActionKind::Stop => ServerAction::Shutdown,
+        ActionKind::Start | ActionKind::Destroy => ServerAction::Start,
     }
 }
 
-/// What a phase does, for its step: "start 2 slaves", "shutdown the master".
+/// What a phase does, for its step: "start 2 slaves", "shutdown the master", "delete 3
+/// servers".
 fn phase_step(kind: ActionKind, vms: &[&str], has_master: bool) -> String {
+    if kind == ActionKind::Destroy {
+        return destroy::phase_step(vms);
+    }
     let verb = command(kind).name();
     match (has_master, vms.len()) {
         (true, _) => format!("{verb} the master"),
@@ -170,19 +191,37 @@ impl Worker {
 
     /// Saves what the tick did so far (renewing the lease).
     fn flush(&mut self, job: &Job, unsaved: &mut Unsaved) -> Result<(), Stop> {
-        if unsaved.vms.is_empty() && unsaved.steps.is_empty() {
+        if unsaved.changed.is_empty() && unsaved.steps.is_empty() {
             return Ok(());
         }
         let held = self
             .store
             .save(job, self.settings.lease, &unsaved.vms(job), &unsaved.steps)?;
-        unsaved.vms.clear();
+        unsaved.changed.clear();
         unsaved.steps.clear();
         if held {
             Ok(())
         } else {
             Err(Stop::LostClaim)
         }
+    }
+
+    /// Before a command: a tick that sends many saves (and renews its lease) every few of
+    /// them. A crash before a save is survived by reading the VMs again: a command sent shows
+    /// there as a task under way.
+    pub(super) fn before_send(
+        &mut self,
+        job: &Job,
+        unsaved: &mut Unsaved,
+        i: usize,
+    ) -> Result<(), Stop> {
+        if unsaved.sends == SENDS_PER_SAVE {
+            self.flush(job, unsaved)?;
+            unsaved.sends = 0;
+        }
+        unsaved.sends += 1;
+        unsaved.touch(i);
+        Ok(())
     }
 
     /// One tick of `job`: the calls due now, phase after phase. What it did is left in
@@ -223,6 +262,12 @@ impl Worker {
                 let what = phase_step(job.action, &names, has_master);
                 unsaved.step(&names.join(","), "phase", what);
             }
+            if due.iter().all(|i| destroy::is_resource(&job.vms[*i].vm)) {
+                for i in due {
+                    self.delete_resource(job, unsaved, i, now)?;
+                }
+                continue;
+            }
             let due_at = due.iter().map(|i| job.vms[*i].next_at).max().unwrap_or(now);
             let servers = match self.read_servers(job, due_at) {
                 Ok(servers) => servers,
@@ -233,6 +278,10 @@ impl Worker {
             };
             for i in due {
                 let state = servers.get(&job.vms[i].vm).cloned();
+                if job.action == ActionKind::Destroy {
+                    self.advance_delete(job, unsaved, i, state, now)?;
+                    continue;
+                }
                 let state = state.ok_or_else(|| OkeanosError::Fault {
                     status: 404,
                     name: "itemNotFound".into(),
@@ -271,7 +320,7 @@ impl Worker {
     /// A call on the VMs `due` failed: each is due again after a back-off pause, or, when
     /// the fault is permanent or the tries are spent, the action fails with ~okeanos's own
     /// message.
-    fn retry_or_fail(
+    pub(super) fn retry_or_fail(
         &mut self,
         job: &mut Job,
         unsaved: &mut Unsaved,
@@ -286,7 +335,7 @@ impl Worker {
         if !error.is_transient() || tries >= i64::from(self.settings.max_attempts) {
             unsaved.step(&names, op, error.to_string());
             let vm = job.vms[due[0]].vm.clone();
-            return Err(Stop::Failed(Failure::Okeanos { vm, op, error }));
+            return Err(Stop::Failed(destroy::failure(vm, op, error)));
         }
         let pause = super::backoff(self.settings.retry_base, tries as u32);
         warn!(
@@ -304,7 +353,7 @@ impl Worker {
             let v = &mut job.vms[*i];
             v.tries = tries;
             v.next_at = now + pause.as_millis() as i64;
-            unsaved.vms.insert(*i);
+            unsaved.touch(*i);
         }
         Ok(())
     }
@@ -321,7 +370,7 @@ impl Worker {
         let op = command(job.action);
         let (target, source) = (op.target(), op.source());
         let vm = job.vms[i].vm.clone();
-        unsaved.vms.insert(i);
+        unsaved.touch(i);
         let first_read = job.vms[i].state == VmState::Todo;
         if first_read {
             unsaved.step(&vm, "status", state.to_string());
@@ -358,15 +407,7 @@ impl Worker {
             v.polls = 0;
         }
         if state.status == source && state.task.is_empty() && !job.vms[i].sent {
-            // A tick that sends many commands saves (and renews its lease) every few of them.
-            // A crash before a save is survived by reading the VMs again: a command sent
-            // shows there as a task under way.
-            if unsaved.sends == SENDS_PER_SAVE {
-                self.flush(job, unsaved)?;
-                unsaved.sends = 0;
-            }
-            unsaved.sends += 1;
-            unsaved.vms.insert(i);
+            self.before_send(job, unsaved, i)?;
             match self
                 .client
                 .server_action(&job.compute_url, &job.token, &vm, op)
@@ -380,7 +421,7 @@ impl Worker {
                     v.sent = true;
                     v.since = Some(sent_at);
                     v.polls = 0;
-                    return self.schedule_poll(job, unsaved, i, sent_at, state);
+                    return self.schedule_poll(job, unsaved, i, sent_at, state, target);
                 }
                 // Synnefo answers 400 when the server is not in a state the action applies
                 // to; that may be because it just moved. Read it again before failing.
@@ -412,20 +453,20 @@ impl Worker {
                 }
             }
         }
-        self.schedule_poll(job, unsaved, i, now, state)
+        self.schedule_poll(job, unsaved, i, now, state, target)
     }
 
     /// VM `i` is not there yet at `now`: it fails if its wait is over, else it is due again
     /// after a pause that grows with each read.
-    fn schedule_poll(
+    pub(super) fn schedule_poll(
         &mut self,
         job: &mut Job,
         unsaved: &mut Unsaved,
         i: usize,
         now: i64,
         state: ServerState,
+        target: &'static str,
     ) -> Result<(), Stop> {
-        let target = command(job.action).target();
         let vm = job.vms[i].vm.clone();
         let v = &mut job.vms[i];
         let waited = now - v.since.unwrap_or(now);

@@ -12,7 +12,7 @@ use lambda_api::config::Config;
 use lambda_api::model::Status;
 use lambda_api::store::NewInstance;
 use lambda_api::Service;
-use okeanos_sim::{demo_fixture, Faults, Fixture, FixtureServer, Sim, SimConfig};
+use okeanos_sim::{demo_fixture, Faults, Fixture, FixtureResource, FixtureServer, Sim, SimConfig};
 use serde_json::Value;
 
 pub const TOKEN: &str = "demo-token-tJ3b3f32f23ceuqdoS";
@@ -131,7 +131,14 @@ impl Harness {
             master: master.into(),
             slaves: slaves.iter().map(|s| s.to_string()).collect(),
             status,
+            network: None,
+            public_ip: None,
         };
+        self.add_new(new)
+    }
+
+    /// Registers `new`.
+    pub fn add_new(&self, new: NewInstance) -> String {
         self.config.db().open().unwrap().add_instance(&new).unwrap()
     }
 
@@ -282,6 +289,15 @@ pub fn post(url: &str, headers: &[(&str, &str)], content_type: &str, body: &[u8]
     into_resp(req.send(body))
 }
 
+/// `DELETE url` with `headers`.
+pub fn delete(url: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = agent().delete(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    into_resp(req.call())
+}
+
 /// Polls `f` until it returns Some, failing at the deadline with `what`.
 pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();
@@ -294,9 +310,18 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// The demo fixture with `n` more STOPPED VMs of the demo user, named `v0`, `v1`, ...
+/// The demo fixture with `n` more STOPPED VMs of the demo user, named `v0`, `v1`, ..., and
+/// the demo user's private network `net-1` and floating IP `ip-1`.
 pub fn fixture_with_vms(n: usize) -> Fixture {
     let mut fixture = demo_fixture();
+    fixture.networks.push(FixtureResource {
+        id: "net-1".into(),
+        owner: USER.into(),
+    });
+    fixture.floating_ips.push(FixtureResource {
+        id: "ip-1".into(),
+        owner: USER.into(),
+    });
     fixture.servers.extend((0..n).map(|i| FixtureServer {
         id: format!("v{i}"),
         name: format!("vm-{i}"),

@@ -395,5 +395,7 @@ fn instance(name: String, owner: String, mut servers: Vec<String>, status: Statu
         master,
         slaves: servers,
         status,
+        network: None,
+        public_ip: None,
     }
 }

@@ -26,6 +26,20 @@ use state::{State, Vm};
 pub struct Fixture {
     pub users: Vec<FixtureUser>,
     pub servers: Vec<FixtureServer>,
+    /// Private networks, which a destroy deletes.
+    #[serde(default)]
+    pub networks: Vec<FixtureResource>,
+    /// Floating IPs, which a destroy deletes.
+    #[serde(default)]
+    pub floating_ips: Vec<FixtureResource>,
+}
+
+/// A network resource of a user.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureResource {
+    pub id: String,
+    pub owner: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -134,9 +148,20 @@ impl Sim {
                 (s.id.clone(), vm)
             })
             .collect();
+        let resources = (config.fixture.networks.iter().map(|r| ("networks", r)))
+            .chain(
+                config
+                    .fixture
+                    .floating_ips
+                    .iter()
+                    .map(|r| ("floatingips", r)),
+            )
+            .map(|(kind, r)| (format!("{kind}/{}", r.id), r.owner.clone()))
+            .collect();
         let state = Arc::new(Mutex::new(State {
             users,
             vms,
+            resources,
             faults: config.faults.clone(),
             calls: Vec::new(),
             transition: config.transition,
@@ -202,6 +227,11 @@ impl Sim {
     /// Makes a token invalid from now on, as an expired one is.
     pub fn revoke_token(&self, token: &str) {
         self.lock().users.remove(token);
+    }
+
+    /// Whether a network resource exists: `kind` is `networks` or `floatingips`.
+    pub fn resource_exists(&self, kind: &str, id: &str) -> bool {
+        self.lock().resources.contains_key(&format!("{kind}/{id}"))
     }
 
     /// How many calls are waiting now on a held server (`Faults::hold`).

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::state::{compute, fault, identity, list, State, RESET};
+use crate::state::{compute, delete_resource, fault, identity, list, State, RESET};
 use crate::{lock, Faults};
 
 pub(crate) fn answer(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
@@ -54,10 +54,13 @@ pub(crate) fn answer(state: &Mutex<State>, base: &str, mut request: tiny_http::R
         "Content-Type: application/json\r\n"
     };
     let reason = tiny_http::StatusCode(status).default_reason_phrase();
-    let whole = format!(
-        "HTTP/1.1 {status} {reason}\r\n{kind}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    // A 204 has no body and says no length (RFC 9110 §8.6).
+    let length = if status == 204 {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
+    let whole = format!("HTTP/1.1 {status} {reason}\r\n{kind}{length}\r\n{body}");
     let mut writer = request.into_writer();
     let _ = writer
         .write_all(whole.as_bytes())
@@ -111,6 +114,16 @@ fn route(
         ("GET", ["compute", "v2.0", "servers", "detail"]) => {
             let result = list(&mut s, token);
             s.log("detail", None, result.0);
+            result
+        }
+        ("DELETE", ["compute", "v2.0", "servers", id]) => {
+            let result = compute(&mut s, token, id, Some("delete"));
+            s.log("delete", Some(id), result.0);
+            result
+        }
+        ("DELETE", ["network", "v2.0", kind @ ("networks" | "floatingips"), id]) => {
+            let result = delete_resource(&mut s, token, kind, id);
+            s.log(&format!("delete_{kind}"), Some(id), result.0);
             result
         }
         ("GET", ["compute", "v2.0", "servers", id]) => {

@@ -35,6 +35,8 @@ impl Vm {
 pub(crate) struct State {
     pub(crate) users: HashMap<String, (String, String)>,
     pub(crate) vms: BTreeMap<String, Vm>,
+    /// Networks and floating IPs, as `networks/<id>` and `floatingips/<id>`, with their owner.
+    pub(crate) resources: HashMap<String, String>,
     pub(crate) faults: Faults,
     pub(crate) calls: Vec<Call>,
     pub(crate) transition: Duration,
@@ -125,6 +127,9 @@ pub(crate) fn identity(s: &State, base: &str, body: &[u8]) -> (u16, Value) {
                 {"type": "compute", "name": "cyclades_compute", "endpoints_links": [],
                  "endpoints": [{"versionId": "v2.0", "region": "default",
                                 "publicURL": format!("{base}/compute/v2.0")}]},
+                {"type": "network", "name": "cyclades_network", "endpoints_links": [],
+                 "endpoints": [{"versionId": "v2.0", "region": "default",
+                                "publicURL": format!("{base}/network/v2.0")}]},
             ],
         }}),
     )
@@ -139,17 +144,43 @@ pub(crate) fn list(s: &mut State, token: Option<&str>) -> (u16, Value) {
         return f;
     }
     let now = Instant::now();
+    // As Cyclades without `changes-since`: deleted servers are not listed.
     let servers: Vec<Value> = s
         .vms
         .iter_mut()
         .filter(|(_, vm)| vm.owner == user)
-        .map(|(id, vm)| {
+        .filter_map(|(id, vm)| {
             vm.settle(now);
-            json!({"id": id, "name": vm.name, "status": vm.status,
-                   "SNF:task_state": vm.task(), "user_id": vm.owner})
+            (vm.status != "DELETED").then(|| {
+                json!({"id": id, "name": vm.name, "status": vm.status,
+                       "SNF:task_state": vm.task(), "user_id": vm.owner})
+            })
         })
         .collect();
     (200, json!({ "servers": servers }))
+}
+
+/// `DELETE network/v2.0/{kind}/{id}`: a network or a floating IP of the token's owner.
+pub(crate) fn delete_resource(
+    s: &mut State,
+    token: Option<&str>,
+    kind: &str,
+    id: &str,
+) -> (u16, Value) {
+    let Some((user, _)) = token.and_then(|t| s.users.get(t)).cloned() else {
+        return fault(401, "unauthorized", "Invalid token");
+    };
+    if let Some(f) = s.compute_fault() {
+        return f;
+    }
+    let key = format!("{kind}/{id}");
+    match s.resources.get(&key) {
+        Some(owner) if *owner == user => {
+            s.resources.remove(&key);
+            (204, Value::Null)
+        }
+        _ => fault(404, "itemNotFound", &format!("{key} not found")),
+    }
 }
 
 /// A compute call on server `id`: `action` None reads it, Some("start"/"shutdown") acts.
@@ -190,6 +221,17 @@ pub(crate) fn compute(
         }
         Some("start") => ("ACTIVE", "STOPPED", "START"),
         Some("shutdown") => ("STOPPED", "ACTIVE", "STOP"),
+        // DELETE: from any state; a server already deleted is not found.
+        Some("delete") => {
+            if vm.status == "DELETED" {
+                return fault(404, "itemNotFound", &format!("Server {id} not found"));
+            }
+            if !matches!(&vm.pending, Some((_, _, "DESTROYING"))) {
+                vm.pending = Some(("DELETED".into(), now + transition, "DESTROYING"));
+                vm.settle(now);
+            }
+            return (204, Value::Null);
+        }
         Some(_) => return fault(400, "badRequest", "Unknown server action"),
     };
     let task = if verb == "START" {
@@ -248,6 +290,7 @@ mod tests {
             transition: Duration::ZERO,
             rng: fastrand::Rng::with_seed(7),
             held: 0,
+            resources: HashMap::new(),
         }
     }
 
