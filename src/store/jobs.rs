@@ -1,74 +1,16 @@
-//! The worker's side of the `actions` and `action_vms` tables. An action is run in short
-//! ticks: a worker claims an action that is due (under a lease, so that it has one holder at
-//! a time and a stale holder is fenced off), makes the calls that are due, saves where each
-//! VM is and when the action is next due, and parks it. Also recovery at start, and the end
-//! of an action with its instance's new status.
+//! The worker's side of the `actions` table. An action is run in short ticks: a worker claims
+//! an action that is due (under a lease, so that it has one holder at a time and a stale
+//! holder is fenced off), makes the calls that are due, saves where each VM is and parks it
+//! until it is due again (`progress.rs`). Also recovery at start, and the end of an action
+//! with its instance's new status.
 
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, OptionalExtension};
 
+use super::progress::{read_vms, write_progress, NewStep, VmProgress};
 use super::{kind_of, Result, Store, StoreError};
 use crate::model::{ActionKind, Status};
-
-/// Where a run is with one VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmState {
-    /// Not looked at yet in this run.
-    Todo,
-    /// Read at least once; not in its target state yet.
-    Waiting,
-    /// In its target state.
-    Done,
-}
-
-impl VmState {
-    fn name(self) -> &'static str {
-        match self {
-            VmState::Todo => "todo",
-            VmState::Waiting => "waiting",
-            VmState::Done => "done",
-        }
-    }
-
-    fn parse(name: &str) -> rusqlite::Result<VmState> {
-        match name {
-            "todo" => Ok(VmState::Todo),
-            "waiting" => Ok(VmState::Waiting),
-            "done" => Ok(VmState::Done),
-            other => Err(super::bad_value(format!("unknown VM state {other:?}"))),
-        }
-    }
-}
-
-/// One VM of a claimed action, and where its run is with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmProgress {
-    pub vm: String,
-    /// The instance's order: 0 is the master.
-    pub position: i64,
-    /// 0 goes first; 1 once every VM of phase 0 is done.
-    pub phase: i64,
-    pub state: VmState,
-    /// The action's command was sent to it, or found under way.
-    pub sent: bool,
-    /// When the wait for it began: the command sent or found under way, or its first read.
-    pub since: Option<i64>,
-    /// When it is next due.
-    pub next_at: i64,
-    /// Reads since the wait began.
-    pub polls: i64,
-    /// Failed tries of the current call.
-    pub tries: i64,
-}
-
-/// One line of an action's history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewStep {
-    pub vm: String,
-    pub op: String,
-    pub result: String,
-}
 
 /// What a worker needs for a tick of an action it has claimed.
 #[derive(Debug, Clone)]
@@ -89,7 +31,7 @@ pub struct Job {
     pub vms: Vec<VmProgress>,
 }
 
-fn millis(d: Duration) -> i64 {
+pub(super) fn millis(d: Duration) -> i64 {
     d.as_millis() as i64
 }
 
@@ -106,16 +48,6 @@ fn phase_of(kind: ActionKind, position: i64) -> i64 {
 /// The prefixes of a destroy's phase-1 rows in `action_vms`.
 pub const FLOATING_IP: &str = "floatingip/";
 pub const NETWORK: &str = "network/";
-
-/// Whether `claim` still holds `action_id`; renews its lease if it does.
-fn renew(tx: &Transaction, action_id: &str, claim: &str, until: i64) -> Result<bool> {
-    Ok(tx
-        .prepare_cached(
-            "UPDATE actions SET lease_until = ?3 WHERE id = ?1 AND claim = ?2 AND state = 'running'",
-        )?
-        .execute(params![action_id, claim, until])?
-        == 1)
-}
 
 impl Store {
     /// At start-up, before any worker runs: every live action goes back to the queue (this
@@ -152,6 +84,15 @@ impl Store {
                         OR (state = 'running' AND lease_until < ?1))
                  ORDER BY due_at, rowid LIMIT 1";
         let now = self.now_ms();
+        // A look first, without the write lock: an idle worker never holds up a writer.
+        let any: Option<String> = self
+            .conn
+            .prepare_cached(DUE)?
+            .query_row(params![now, queued], |r| r.get(0))
+            .optional()?;
+        if any.is_none() {
+            return Ok(None);
+        }
         let tx = self.begin_write()?;
         let next: Option<String> = tx
             .prepare_cached(DUE)?
@@ -241,49 +182,6 @@ impl Store {
         }))
     }
 
-    /// Saves what a tick did: the VMs it changed and the steps it took, and renews the
-    /// lease. Returns false when the claim is no longer current (the action was taken over):
-    /// the caller must stop working on it.
-    pub fn save(
-        &mut self,
-        job: &Job,
-        lease: Duration,
-        vms: &[VmProgress],
-        steps: &[NewStep],
-    ) -> Result<bool> {
-        let now = self.now_ms();
-        let tx = self.begin_write()?;
-        if !renew(&tx, &job.action_id, &job.claim, now + millis(lease))?
-            || !write_progress(&tx, job, now, vms, steps)?
-        {
-            return Ok(false);
-        }
-        tx.commit()?;
-        Ok(true)
-    }
-
-    /// Saves what a tick did and lets go of the action until `due_at`, when any worker may
-    /// take it up again, in one transaction. Returns false when the claim was lost.
-    pub fn park(
-        &mut self,
-        job: &Job,
-        due_at: i64,
-        vms: &[VmProgress],
-        steps: &[NewStep],
-    ) -> Result<bool> {
-        let now = self.now_ms();
-        let tx = self.begin_write()?;
-        if !write_progress(&tx, job, now, vms, steps)? {
-            return Ok(false);
-        }
-        tx.prepare_cached(
-            "UPDATE actions SET claim = NULL, lease_until = NULL, due_at = ?2 WHERE id = ?1",
-        )?
-        .execute(params![job.action_id, due_at])?;
-        tx.commit()?;
-        Ok(true)
-    }
-
     /// Ends a claimed action with its last `steps`: succeeded (`error` None) or failed, in
     /// one transaction with the instance's new status. The token and the VMs' progress are
     /// erased. Returns false when the claim was lost.
@@ -339,74 +237,6 @@ impl Store {
     }
 }
 
-/// Writes `vms` and `steps` of `job`, if its claim still holds.
-fn write_progress(
-    tx: &Transaction,
-    job: &Job,
-    now: i64,
-    vms: &[VmProgress],
-    steps: &[NewStep],
-) -> Result<bool> {
-    let held: bool = tx
-        .prepare_cached(
-            "SELECT COUNT(*) > 0 FROM actions WHERE id = ?1 AND claim = ?2 AND state = 'running'",
-        )?
-        .query_row(params![job.action_id, job.claim], |r| r.get(0))?;
-    if !held {
-        return Ok(false);
-    }
-    let mut update = tx.prepare_cached(
-        "UPDATE action_vms SET state = ?3, sent = ?4, since = ?5, next_at = ?6,
-             polls = ?7, tries = ?8
-         WHERE action_id = ?1 AND vm = ?2",
-    )?;
-    for v in vms {
-        update.execute(params![
-            job.action_id,
-            v.vm,
-            v.state.name(),
-            v.sent,
-            v.since,
-            v.next_at,
-            v.polls,
-            v.tries
-        ])?;
-    }
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO action_steps (action_id, seq, vm, op, result, at)
-         SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5
-         FROM action_steps WHERE action_id = ?1",
-    )?;
-    for s in steps {
-        insert.execute(params![job.action_id, s.vm, s.op, s.result, now])?;
-    }
-    Ok(true)
-}
-
-/// The VMs of an action, in the instance's order.
-fn read_vms(tx: &Transaction, action_id: &str) -> Result<Vec<VmProgress>> {
-    let vms = tx
-        .prepare_cached(
-            "SELECT vm, position, phase, state, sent, since, next_at, polls, tries
-             FROM action_vms WHERE action_id = ?1 ORDER BY position",
-        )?
-        .query_map(params![action_id], |r| {
-            Ok(VmProgress {
-                vm: r.get(0)?,
-                position: r.get(1)?,
-                phase: r.get(2)?,
-                state: VmState::parse(&r.get::<_, String>(3)?)?,
-                sent: r.get(4)?,
-                since: r.get(5)?,
-                next_at: r.get(6)?,
-                polls: r.get(7)?,
-                tries: r.get(8)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(vms)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,6 +244,7 @@ mod tests {
     use crate::store::actions::tests::request;
     use crate::store::instances::tests::{instance, status, store, OWNER};
     use crate::store::Requested;
+    use crate::store::VmState;
 
     const LEASE: Duration = Duration::from_secs(60);
 

@@ -3,15 +3,17 @@
 //! Each thread opens its own [`Store`] from the process's one [`Database`]. Writes run in
 //! `BEGIN IMMEDIATE` transactions, so that a writer waits for the lock under `busy_timeout`
 //! instead of failing when it upgrades a read lock. The files of this folder follow the
-//! tables: `instances.rs`, `actions.rs` (the action request and the history), `jobs.rs` (the
-//! worker's claims and leases), `idempotency.rs`; `commit.rs` is the group commit, with no
-//! SQL in it.
+//! tables: `instances.rs`, `actions.rs` (the action request), `history.rs` (reading actions
+//! and their steps), `jobs.rs` (the worker's claims and leases), `progress.rs` (what a tick
+//! saves), `idempotency.rs`; `commit.rs` is the group commit, with no SQL in it.
 
 mod actions;
 mod commit;
+mod history;
 mod idempotency;
 mod instances;
 mod jobs;
+mod progress;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -20,10 +22,12 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-pub use actions::{ActionRecord, Requested, Step};
+pub use actions::Requested;
+pub use history::{ActionRecord, Step};
 pub use idempotency::StoredAnswer;
 pub use instances::{Instance, NewInstance, Summary};
-pub use jobs::{Job, NewStep, VmProgress, VmState, FLOATING_IP, NETWORK};
+pub use jobs::{Job, FLOATING_IP, NETWORK};
+pub use progress::{NewStep, VmProgress, VmState};
 
 use crate::clock::Clock;
 use crate::model::{ActionKind, ActionState, Status};
@@ -156,7 +160,19 @@ impl Database {
 
     /// Opens a connection, creating the file (mode 0600) and migrating it if needed.
     pub fn open(&self) -> Result<Store> {
-        let synchronous = self.synchronous;
+        self.open_with(self.synchronous)
+    }
+
+    /// Opens a connection for a worker. What a worker writes (claims, progress, an action's
+    /// end) can be found again by reading the VMs, so its commits do not wait for the disk
+    /// (`synchronous = normal`): a power cut may cost a re-read, never a promise. They stay
+    /// atomic and in order, and the next commit that does wait for the disk (an accepted
+    /// action's) takes them along. Their fsyncs would otherwise compete with the 202s'.
+    pub fn open_for_worker(&self) -> Result<Store> {
+        self.open_with(Synchronous::Normal)
+    }
+
+    fn open_with(&self, synchronous: Synchronous) -> Result<Store> {
         create_private(&self.path)?;
         let conn = Connection::open(&self.path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;

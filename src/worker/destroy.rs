@@ -2,7 +2,8 @@
 //! waited for until it reads DELETED or is gone; then the floating IP and the private
 //! network, if the instance has them. A resource already gone counts as done.
 
-use super::run::{Failure, Stop, Unsaved};
+use super::failure::{Failure, Stop};
+use super::run::Unsaved;
 use super::Worker;
 use crate::okeanos::{OkeanosError, ServerState};
 use crate::store::{Job, VmState, FLOATING_IP, NETWORK};

@@ -3,6 +3,7 @@
 //! channel or a restart loses nothing.
 
 mod destroy;
+mod failure;
 mod listing;
 mod run;
 
@@ -22,8 +23,9 @@ use crate::okeanos::Client;
 use crate::shutdown::Shutdown;
 use crate::store::{Database, Job, Store, VmState};
 use crate::sync::lock;
+use failure::{Failure, Stop};
 use listing::Listings;
-use run::{Failure, Stop, Tick, Unsaved};
+use run::{Tick, Unsaved};
 
 /// How often an idle worker looks at SQLite for work nobody woke it up for (an action whose
 /// wake-up did not fit in the channel, or whose lease expired).
@@ -91,7 +93,7 @@ impl Pool {
         let listings = Arc::new(Listings::default());
         for n in 0..count {
             let worker = Worker {
-                store: database.open()?,
+                store: database.open_for_worker()?,
                 client: outside.client.clone(),
                 settings: settings.clone(),
                 metrics: outside.metrics.clone(),
@@ -266,6 +268,10 @@ impl Worker {
         let error = match outcome {
             Ok(Ok(Tick::Done)) => None,
             Ok(Ok(Tick::Wait(at))) => {
+                log::debug!(
+                    "action {id}: parked, due again in {} ms",
+                    at - self.store.now_ms()
+                );
                 match self
                     .store
                     .park(&job, at, &unsaved.vms(&job), &unsaved.steps)

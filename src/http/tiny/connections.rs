@@ -2,13 +2,16 @@
 //! cannot tell (`num_connections()` panics), and counting threads would count every thread
 //! of the process.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::sync::lock;
-
-/// How long a count of open connections is reused.
-const COUNT_EVERY: Duration = Duration::from_millis(100);
+/// How often the count is taken again. Reading the tables takes milliseconds (the kernel
+/// walks every socket of the host), so a thread of its own reads them and requests read its
+/// last count; a closed connection stops counting within this time.
+const COUNT_EVERY: Duration = Duration::from_millis(250);
+/// The count while there is none.
+const UNKNOWN: usize = usize::MAX;
 
 /// Where a server's connections are listed by the kernel.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,42 +22,60 @@ pub(super) enum Source {
     Unix(String),
 }
 
-/// A server's open connections. A connection counts while it is established, or closed by its client but
-/// not yet by the service (`CLOSE_WAIT`): both hold a socket, and usually a thread.
+/// A server's open connections. A connection counts while it is established, or closed by
+/// its client but not yet by the service (`CLOSE_WAIT`): both hold a socket, and usually a
+/// thread.
 pub(super) struct Connections {
-    source: Option<Source>,
-    sample: Mutex<Option<(Instant, Option<usize>)>>,
+    last: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    /// Why they cannot be counted here, if they cannot.
+    cannot: Option<String>,
 }
 
 impl Connections {
-    pub(super) fn new(source: Option<Source>) -> Connections {
-        Connections {
-            source,
-            sample: Mutex::new(None),
+    /// Counts the connections of `source` on a thread of its own, until dropped.
+    pub(super) fn start(source: Option<Source>) -> Connections {
+        let last = Arc::new(AtomicUsize::new(UNKNOWN));
+        let stop = Arc::new(AtomicBool::new(false));
+        let cannot = match &source {
+            None => Some("the listening address is neither TCP nor a Unix socket".into()),
+            Some(source) => count(source)
+                .map(|n| last.store(n, Ordering::Relaxed))
+                .err()
+                .map(|e| format!("cannot read /proc/net: {e}")),
+        };
+        if let (None, Some(source)) = (&cannot, source) {
+            let (last, stop) = (last.clone(), stop.clone());
+            let spawned = std::thread::Builder::new()
+                .name("connections".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(COUNT_EVERY);
+                        let n = count(&source).unwrap_or(UNKNOWN);
+                        last.store(n, Ordering::Relaxed);
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("connections are counted once only: no thread for it: {e}");
+            }
         }
+        Connections { last, stop, cannot }
     }
 
     /// Why connections cannot be counted here, if they cannot.
-    pub(super) fn cannot_count(&self) -> Option<String> {
-        match &self.source {
-            None => Some("the listening address is neither TCP nor a Unix socket".into()),
-            Some(source) => count(source)
-                .err()
-                .map(|e| format!("cannot read /proc/net: {e}")),
-        }
+    pub(super) fn cannot_count(&self) -> Option<&str> {
+        self.cannot.as_deref()
     }
 
+    /// The last count, if there is one.
     pub(super) fn open(&self) -> Option<usize> {
-        let source = self.source.as_ref()?;
-        let mut sample = lock(&self.sample);
-        match *sample {
-            Some((at, n)) if at.elapsed() < COUNT_EVERY => n,
-            _ => {
-                let n = count(source).ok();
-                *sample = Some((Instant::now(), n));
-                n
-            }
-        }
+        Some(self.last.load(Ordering::Relaxed)).filter(|n| *n != UNKNOWN)
+    }
+}
+
+impl Drop for Connections {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -143,7 +164,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let source = Source::Tcp(listener.local_addr().unwrap().port());
-        if Connections::new(Some(source.clone()))
+        if Connections::start(Some(source.clone()))
             .cannot_count()
             .is_some()
         {

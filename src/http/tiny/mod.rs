@@ -78,7 +78,7 @@ impl Server {
             }
             Some(path) => (bind_unix(path)?, Some(Source::Unix(path.to_string()))),
         };
-        let connections = Connections::new(source);
+        let connections = Connections::start(source);
         if let Some(why) = connections.cannot_count() {
             log::warn!("max_connections is not enforced on {listen}: {why}");
         }
@@ -118,7 +118,7 @@ impl Server {
         self.inner.unblock();
     }
 
-    /// Connections open to this server now (counted at most 100 ms ago), or None where they
+    /// Connections open to this server now (counted at most 250 ms ago), or None where they
     /// cannot be counted.
     pub fn open_connections(&self) -> Option<usize> {
         self.connections.open()
