@@ -29,27 +29,42 @@ pub struct User {
     pub network_url: Option<String>,
 }
 
+/// The token a request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token<'a> {
+    None,
+    One(&'a str),
+    /// Two different tokens: the request is authenticated as neither, whatever their order.
+    Conflicting,
+}
+
 /// Picks the token out of the three headers the API accepts: `Authorization: Token <t>`,
 /// `Authentication: Token <t>` (the seed's curl example) or `X-Auth-Token: <t>`.
-/// `headers` yields (name, value) pairs; the scheme word is case-insensitive.
-pub fn token_from_headers<'a>(
-    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Option<&'a str> {
+/// `headers` yields (name, value) pairs; the scheme word is case-insensitive. Every header
+/// is read, so the answer does not depend on their order; an `Authorization` of another
+/// scheme carries no token of ours.
+pub fn token_from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Token<'a> {
+    let mut found = Token::None;
     for (name, value) in headers {
-        if name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("authentication")
+        let token = if name.eq_ignore_ascii_case("authorization")
+            || name.eq_ignore_ascii_case("authentication")
         {
-            let value = value.trim();
-            let (scheme, rest) = value.split_once(char::is_whitespace)?;
-            if scheme.eq_ignore_ascii_case("token") {
-                return Some(rest.trim());
+            match value.trim().split_once(char::is_whitespace) {
+                Some((scheme, rest)) if scheme.eq_ignore_ascii_case("token") => rest.trim(),
+                _ => continue,
             }
-            return None;
-        }
-        if name.eq_ignore_ascii_case("x-auth-token") {
-            return Some(value.trim());
-        }
+        } else if name.eq_ignore_ascii_case("x-auth-token") {
+            value.trim()
+        } else {
+            continue;
+        };
+        found = match found {
+            Token::None => Token::One(token),
+            Token::One(t) if t == token => Token::One(t),
+            _ => return Token::Conflicting,
+        };
     }
-    None
+    found
 }
 
 /// A token worth asking identity about: short, printable ASCII, no spaces.
@@ -169,10 +184,33 @@ mod tests {
     use super::*;
 
     fn check(headers: &[(&str, &str)], expected: Option<&str>) {
+        let expected = expected.map_or(Token::None, Token::One);
         assert_eq!(
             token_from_headers(headers.iter().copied()),
             expected,
             "{headers:?}"
+        );
+    }
+
+    #[test]
+    fn two_different_tokens_are_neither_whatever_their_order() {
+        for headers in [
+            [("X-Auth-Token", "b"), ("Authorization", "Token a")],
+            [("Authorization", "Token a"), ("X-Auth-Token", "b")],
+            [("Authentication", "Token a"), ("Authentication", "Token b")],
+        ] {
+            assert_eq!(
+                token_from_headers(headers.iter().copied()),
+                Token::Conflicting,
+                "{headers:?}"
+            );
+        }
+        let same = [("X-Auth-Token", "a"), ("Authorization", "Token a")];
+        assert_eq!(token_from_headers(same.iter().copied()), Token::One("a"));
+        let other_scheme = [("Authorization", "Bearer x"), ("X-Auth-Token", "a")];
+        assert_eq!(
+            token_from_headers(other_scheme.iter().copied()),
+            Token::One("a")
         );
     }
 

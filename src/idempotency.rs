@@ -9,7 +9,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::model::ActionKind;
-use crate::store::{Store, StoreError, StoredAnswer};
+use crate::store::{KeyClaim, Store, StoreError, StoredAnswer};
 
 /// How long an answer is replayed.
 pub const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -19,6 +19,15 @@ const PURGE_BATCH: u64 = 500;
 
 /// Why a key is refused (400), for a person.
 pub const BAD_KEY: &str = "Idempotency-Key must be 1 to 255 printable ASCII characters.";
+/// Why a key in use by a request still being processed is refused (409), for a person.
+pub const IN_PROGRESS: &str = "A request with this Idempotency-Key is in progress; try again.";
+/// Why a key is refused when its owner has too many (429), for a person.
+pub const TOO_MANY: &str = "Too many Idempotency-Keys in the last 24 hours; reuse one, or send \
+     the request without one.";
+/// Keys an owner may hold at once. Each costs about 0.6 KiB of database (its answer, about
+/// 300 bytes, the key and the fingerprint, and the primary key's entry), so an owner's keys
+/// cost at most about 0.6 MiB.
+pub const MAX_KEYS_PER_OWNER: u64 = 1000;
 /// Why a reused key is refused (422), for a person.
 pub const REUSED: &str =
     "This Idempotency-Key was used with a different request in the last 24 hours.";
@@ -50,25 +59,40 @@ pub fn fingerprint(instance_id: &str, kind: ActionKind) -> String {
 /// What a key was used for before.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prior {
-    /// Never, or so long ago that it has expired: process the request.
+    /// Never, or so long ago that it has expired: it is claimed for this request, which is
+    /// to be processed, then [`keep`]t or [`release`]d.
     None,
     /// The same request: answer with this.
     Replay(StoredAnswer),
-    /// Another request: refuse this one.
+    /// Another request: refuse this one (422).
     Reused,
+    /// The same request, still being processed (409).
+    InProgress,
+    /// The owner has [`MAX_KEYS_PER_OWNER`] keys already (429).
+    TooMany,
 }
 
-pub fn prior(
-    store: &Store,
+/// Claims `owner`'s `key` for this request, or says why not: before the request is
+/// processed, so that two requests sent at once with one key are never both processed.
+pub fn claim(
+    store: &mut Store,
     owner: &str,
     key: &str,
     fingerprint: &str,
 ) -> Result<Prior, StoreError> {
-    Ok(match store.stored_answer(owner, key, ttl_ms())? {
-        None => Prior::None,
-        Some(stored) if stored.fingerprint == fingerprint => Prior::Replay(stored),
-        Some(_) => Prior::Reused,
+    let claim = store.claim_key(owner, key, fingerprint, ttl_ms(), MAX_KEYS_PER_OWNER)?;
+    Ok(match claim {
+        KeyClaim::Claimed => Prior::None,
+        KeyClaim::Answered(stored) if stored.fingerprint == fingerprint => Prior::Replay(stored),
+        KeyClaim::InProgress(f) if f == fingerprint => Prior::InProgress,
+        KeyClaim::Answered(_) | KeyClaim::InProgress(_) => Prior::Reused,
+        KeyClaim::Full => Prior::TooMany,
     })
+}
+
+/// Lets go of a claimed key whose request came to no answer worth keeping (a 5xx).
+pub fn release(store: &mut Store, owner: &str, key: &str) -> Result<(), StoreError> {
+    store.release_key(owner, key)
 }
 
 /// Whether an answer is kept for replay: the state table's answers are; a 503 (the database

@@ -396,3 +396,67 @@ fn tls_front_and_one_start_through_it() {
     assert_eq!(history["pagination"]["count"], 1);
     assert_eq!(f.sim.calls().iter().filter(|c| c.op == "start").count(), 3);
 }
+
+/// `Connection: Upgrade` on the action call: refused at once, the body never read (tiny_http
+/// would hand the raw socket over as the body, and a read would wait for the client).
+#[test]
+fn an_upgrade_is_refused_without_reading() {
+    Front::case("Connection: Upgrade", |f| {
+        let head = post_head(
+            f,
+            FORM,
+            "2000",
+            "Connection: Upgrade\r\nUpgrade: websocket\r\n",
+        );
+        let started = std::time::Instant::now();
+        let (status, text) = exchange(
+            f.direct,
+            head.as_bytes(),
+            usize::MAX,
+            Duration::ZERO,
+            Duration::from_secs(3),
+        );
+        assert_eq!(status, Some(400), "{text}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{text}");
+        // Eight at once hold no handler: /healthz still answers at once.
+        let held: Vec<TcpStream> = (0..8)
+            .map(|_| {
+                let mut s = TcpStream::connect(f.direct).unwrap();
+                s.write_all(head.as_bytes()).unwrap();
+                s
+            })
+            .collect();
+        assert!(f.healthz_ms() < 200);
+        drop(held);
+    });
+}
+
+/// Paging values past what SQLite counts are a 400, not a wrapped negative number.
+#[test]
+fn paging_values_that_overflow_are_400() {
+    Front::case("paging overflow", |f| {
+        for q in ["limit=9223372036854775808", "offset=18446744073709551615"] {
+            let req = format!(
+                "GET /api/lambda-instances/?{q} HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {TOKEN}\r\nConnection: close\r\n\r\n"
+            );
+            assert_eq!(send(f.direct, req.as_bytes()).0, Some(400), "{q}");
+        }
+    });
+}
+
+/// Two different tokens: refused, whichever comes first.
+#[test]
+fn two_tokens_are_refused_in_any_order() {
+    Front::case("two tokens", |f| {
+        for headers in [
+            format!("X-Auth-Token: {OTHER_TOKEN}\r\nAuthorization: Token {TOKEN}"),
+            format!("Authorization: Token {TOKEN}\r\nX-Auth-Token: {OTHER_TOKEN}"),
+        ] {
+            let req = format!(
+                "GET /api/authenticate/ HTTP/1.1\r\nHost: x\r\n{headers}\r\nConnection: close\r\n\r\n"
+            );
+            let (status, text) = send(f.direct, req.as_bytes());
+            assert_eq!(status, Some(400), "{text}");
+        }
+    });
+}

@@ -199,3 +199,64 @@ fn too_many_connections_get_a_fast_503() {
     drop(idle);
     until(200, "answered again once the connections closed");
 }
+
+/// At `RUST_LOG=trace`, the HTTP client's own output (which dumps requests and answers)
+/// is capped, and the token never reaches the log, nor does a forged line.
+#[test]
+fn no_token_and_no_forged_line_in_the_log_at_trace() {
+    let sim = start_sim(Duration::from_millis(20));
+    let dir = tempfile::tempdir().unwrap();
+    let astakos = sim.astakos_url();
+    let env = [
+        ("LAMBDA_API_LISTEN", "127.0.0.1:0"),
+        ("LAMBDA_API_ASTAKOS_URL", astakos.as_str()),
+        ("LAMBDA_API_POLL_INTERVAL_MS", "10"),
+    ];
+    let id = add_demo_instance(dir.path(), &env);
+    let served = Served::start_logging(dir.path(), &env, "trace");
+    let r = post_form(
+        &format!("{}/api/lambda-instances/{id}/", served.base),
+        TOKEN,
+        "start",
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_for("STARTED", || {
+        let v = get(
+            &format!("{}/api/lambda-instances/{id}/", served.base),
+            Some(TOKEN),
+        )
+        .json();
+        (v["data"][0]["status"]["message"] == "STARTED").then_some(())
+    });
+    // A path with a raw CR and an escape sequence, which a terminal would use to overwrite
+    // the line with one of the sender's.
+    let addr = served.base.trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /forged\r\x1b[1Aline HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_end(&mut answer);
+    let log = wait_for("the log to show the forged path", || {
+        let log = served.log();
+        log.contains("/forged").then_some(log)
+    });
+    assert!(log.contains("DEBUG"), "not below info: {log}");
+    assert!(log.contains("accepted"), "{log}");
+    // The client's dumps cut a token over lines of 16 bytes: no 6 characters of its secret
+    // part may show.
+    let secret = TOKEN.trim_start_matches("demo-token-");
+    for piece in secret.as_bytes().windows(6) {
+        let piece = std::str::from_utf8(piece).unwrap();
+        assert!(
+            !log.contains(piece),
+            "a piece of the token reached the log: {piece}"
+        );
+    }
+    assert!(log.contains("/forged\\r\\u{1b}[1Aline"), "{log}");
+    assert!(
+        !log.contains('\r') && !log.contains('\u{1b}'),
+        "control bytes reached the log"
+    );
+}

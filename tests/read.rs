@@ -272,6 +272,49 @@ fn an_idempotency_key_with_another_request_is_422() {
     assert_eq!(r.status, 202, "{}", r.body);
 }
 
+/// Two requests sent at once with one key and different bodies are never both processed:
+/// the key is claimed before either is, so the second gets 409 (in progress) or 422.
+#[test]
+fn one_key_sent_twice_at_once_is_processed_once() {
+    let h = slow();
+    for trial in 0..12 {
+        let id = h.add_instance(Status::Stopped);
+        let key = format!("race-{trial}");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let answers: Vec<u16> = ["action=start", "action=stop"]
+            .into_iter()
+            .map(|body| {
+                let (url, key, barrier) = (
+                    h.url(&format!("/api/lambda-instances/{id}/")),
+                    key.clone(),
+                    barrier.clone(),
+                );
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let headers = [("X-Auth-Token", TOKEN), ("Idempotency-Key", key.as_str())];
+                    post(
+                        &url,
+                        &headers,
+                        "application/x-www-form-urlencoded",
+                        body.as_bytes(),
+                    )
+                    .status
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        // Whichever claims the key first is processed; the other, another request with the
+        // same key, is refused whether the first is still running or done.
+        assert_eq!(
+            answers.iter().filter(|s| **s == 422).count(),
+            1,
+            "trial {trial}: {answers:?}"
+        );
+    }
+}
+
 #[test]
 fn malformed_idempotency_keys_are_400() {
     let h = slow();

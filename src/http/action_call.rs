@@ -98,9 +98,11 @@ fn request(
         return request(store);
     };
     let fingerprint = idempotency::fingerprint(id, kind);
-    match idempotency::prior(store, owner, key, &fingerprint)? {
+    match idempotency::claim(store, owner, key, &fingerprint)? {
         Prior::Replay(stored) => return Ok(replay(stored)),
         Prior::Reused => return Err(ApiError::Unprocessable(idempotency::REUSED.into())),
+        Prior::InProgress => return Err(ApiError::Conflict(idempotency::IN_PROGRESS.into())),
+        Prior::TooMany => return Err(ApiError::TooManyRequests(idempotency::TOO_MANY.into())),
         Prior::None => {}
     }
     let reply = request(store).unwrap_or_else(|e| e.reply());
@@ -116,6 +118,8 @@ fn request(
         if let Err(e) = idempotency::keep(store, owner, key, &answer) {
             log::error!("keeping the answer to an Idempotency-Key: {}", Report(&e));
         }
+    } else if let Err(e) = idempotency::release(store, owner, key) {
+        log::error!("letting go of an Idempotency-Key: {}", Report(&e));
     }
     Ok(reply)
 }

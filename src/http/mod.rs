@@ -28,9 +28,11 @@ use crate::shutdown::Shutdown;
 use crate::store::{Database, Store, StoreError};
 use crate::worker::Eta;
 use reply::ApiError;
-use request::Head;
+use request::{loggable, Head};
 use tiny::{Exchange, Sent};
 
+/// The longest path written to a log line.
+const MAX_LOGGED: usize = 200;
 /// How often a handler thread looks at the shutdown flag while no request comes.
 const ACCEPT_TICK: Duration = Duration::from_millis(200);
 
@@ -178,12 +180,16 @@ fn new_request_id() -> String {
 fn serve_one(app: &App, store: &mut Store, mut exchange: Exchange) {
     let started = Instant::now();
     let too_large = exchange.head_too_large();
-    let overloaded = !too_large && overloaded(app, &exchange);
+    let upgrade = exchange.upgrade_requested();
+    let overloaded = !too_large && !upgrade && overloaded(app, &exchange);
     let (head, mut body) = exchange.parts();
     let id = request_id(head);
     let (reply, route, user) = if too_large {
         let e = ApiError::HeadTooLarge(tiny::MAX_HEAD_BYTES);
         (e.reply(), "too_large", None)
+    } else if upgrade {
+        let e = ApiError::BadRequest("This API has no protocol upgrade.".into());
+        (e.reply(), "upgrade", None)
     } else if overloaded {
         let e = ApiError::Unavailable("Too many connections; try again later.".into());
         (e.reply(), "overload", None)
@@ -195,7 +201,8 @@ fn serve_one(app: &App, store: &mut Store, mut exchange: Exchange) {
             Err(_) => {
                 error!(
                     "request {id}: {} {}: handler panicked",
-                    head.method, head.path
+                    loggable(&head.method, 16),
+                    loggable(&head.path, MAX_LOGGED)
                 );
                 (ApiError::Internal.reply(), "unknown", None)
             }
@@ -205,8 +212,8 @@ fn serve_one(app: &App, store: &mut Store, mut exchange: Exchange) {
     app.metrics.request(route, status, started.elapsed());
     info!(
         "{} {} {} {:.1}ms id={} route={} user={}",
-        head.method,
-        head.path,
+        loggable(&head.method, 16),
+        loggable(&head.path, MAX_LOGGED),
         status,
         started.elapsed().as_secs_f64() * 1000.0,
         id,
@@ -216,7 +223,7 @@ fn serve_one(app: &App, store: &mut Store, mut exchange: Exchange) {
     let reply = reply.with_header("X-Request-Id", id);
     // An overloaded service also sheds the connection of a client it turns away, and a head
     // too large is not worth reading another of.
-    if exchange.respond(reply, too_large || overloaded) == Sent::Abandoned {
+    if exchange.respond(reply, too_large || upgrade || overloaded) == Sent::Abandoned {
         app.metrics.abandoned_connection();
     }
 }

@@ -60,10 +60,13 @@ fn page(head: &Head) -> Result<(Option<u64>, u64), ApiError> {
     let number = |name: &str, message: &str| -> Result<Option<u64>, ApiError> {
         match head.query_param(name) {
             None => Ok(None),
+            // SQLite counts in i64: a larger value would wrap to a negative one.
             Some(v) => v
                 .parse::<u64>()
+                .ok()
+                .filter(|n| i64::try_from(*n).is_ok())
                 .map(Some)
-                .map_err(|_| ApiError::BadRequest(message.into())),
+                .ok_or_else(|| ApiError::BadRequest(message.into())),
         }
     };
     let limit = number("limit", BAD_LIMIT)?.map(|l| l.min(MAX_LIMIT));

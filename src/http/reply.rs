@@ -71,6 +71,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// 422: an `Idempotency-Key` reused for a different request.
     Unprocessable(String),
+    /// 429: the caller has too many of something (Idempotency-Keys) for now.
+    TooManyRequests(String),
     /// 431: the request's head is larger than the documented limit.
     HeadTooLarge(usize),
     /// 503: identity or the database cannot answer now, or too many connections are open.
@@ -91,6 +93,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Unprocessable(_) => 422,
+            ApiError::TooManyRequests(_) => 429,
             ApiError::HeadTooLarge(_) => 431,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal => 500,
@@ -117,6 +120,7 @@ impl ApiError {
             ),
             ApiError::UnsupportedMediaType(m) => (m.clone(), "unsupported_media_type"),
             ApiError::Unprocessable(m) => (m.clone(), "idempotency_key_reused"),
+            ApiError::TooManyRequests(m) => (m.clone(), "too_many_requests"),
             ApiError::HeadTooLarge(max) => (
                 format!("The request line and headers are larger than {max} bytes."),
                 "request_header_fields_too_large",
@@ -144,6 +148,7 @@ impl ApiError {
             ApiError::Unauthorized => reply.with_header("WWW-Authenticate", "Token"),
             ApiError::MethodNotAllowed(allow) => reply.with_header("Allow", *allow),
             ApiError::Unavailable(_) => reply.with_header("Retry-After", "5"),
+            ApiError::TooManyRequests(_) => reply.with_header("Retry-After", "3600"),
             _ => reply,
         }
     }

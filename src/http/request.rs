@@ -60,6 +60,24 @@ impl Head {
     }
 }
 
+/// A value from a request as it may go into a log line: control bytes escaped (a CR or an
+/// LF could otherwise forge a line of their own) and long values cut to `max` characters.
+pub fn loggable(value: &str, max: usize) -> String {
+    let mut out = String::with_capacity(value.len().min(max) + 8);
+    for (n, c) in value.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Where the body of a request comes from; read only after the head has been checked (for
 /// tiny_http, that is when a `100 Continue` goes out).
 pub trait BodySource {
@@ -119,6 +137,14 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Head::new("GET", "/p?a=1&b=x%20y", headers)
+    }
+
+    #[test]
+    fn log_values_cannot_forge_lines() {
+        assert_eq!(loggable("/a\r\nGET /b 202", 100), "/a\\r\\nGET /b 202");
+        assert_eq!(loggable("x\u{1b}[31m", 100), "x\\u{1b}[31m");
+        assert_eq!(loggable(&"a".repeat(10), 4), "aaaa…");
+        assert_eq!(loggable("/api/é", 100), "/api/é");
     }
 
     #[test]

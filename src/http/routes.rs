@@ -9,7 +9,7 @@ use serde_json::json;
 use super::reply::{ApiError, Reply};
 use super::request::{BodySource, Head};
 use super::{action_call, reads, App};
-use crate::auth::{token_from_headers, User};
+use crate::auth::{token_from_headers, Token, User};
 use crate::okeanos::AuthError;
 use crate::store::Store;
 
@@ -146,8 +146,16 @@ fn dispatch(
 
 /// The caller, by their token; 401 for none or a rejected one, 503 when identity cannot say.
 fn authenticate<'h>(app: &App, head: &'h Head) -> Result<Caller<'h>, ApiError> {
-    let token = token_from_headers(head.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .ok_or(ApiError::Unauthorized)?;
+    let token = match token_from_headers(head.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
+        Token::One(token) => token,
+        Token::None => return Err(ApiError::Unauthorized),
+        Token::Conflicting => {
+            return Err(ApiError::BadRequest(
+                "The request carries two different tokens; send one.".into(),
+            ))
+        }
+    };
     let checked = app.auth.check(token);
     app.metrics.token_check(checked.cached);
     match checked.result {

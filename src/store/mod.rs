@@ -24,7 +24,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 pub use actions::Requested;
 pub use history::{ActionRecord, Step};
-pub use idempotency::StoredAnswer;
+pub use idempotency::{KeyClaim, StoredAnswer};
 pub use instances::{Instance, NewInstance, Summary};
 pub use jobs::{Job, FLOATING_IP, NETWORK};
 pub use progress::{NewStep, VmProgress, VmState};

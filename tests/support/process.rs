@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use super::{DEADLINE, MASTER, SLAVES, USER};
 
@@ -32,33 +32,50 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A `lambda-api serve` child process and the address it listens on.
+/// A `lambda-api serve` child process, the address it listens on, and what it logged.
 pub struct Served {
     pub child: Child,
     pub base: String,
+    log: Arc<Mutex<String>>,
 }
 
 impl Served {
     pub fn start(dir: &Path, env: &[(&str, &str)]) -> Served {
+        Served::start_logging(dir, env, "info")
+    }
+
+    /// As [`Served::start`], logging at `level` (`RUST_LOG`).
+    pub fn start_logging(dir: &Path, env: &[(&str, &str)], level: &str) -> Served {
         let mut child = command(dir, env)
             .arg("serve")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let (tx, rx) = mpsc::channel();
         let err = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_string());
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or("");
+                    let _ = tx.send(format!("http://{addr}"));
                 }
+                let mut all = kept.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
             }
         });
         let base = rx
             .recv_timeout(DEADLINE)
             .expect("serve says where it listens");
-        Served { child, base }
+        Served { child, base, log }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub fn kill9(&mut self) {

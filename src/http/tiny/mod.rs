@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::reply::Reply;
-use super::request::{BodySource, Head};
+use super::request::{loggable, BodySource, Head};
 use connections::{Connections, Source};
 
 /// Largest request head (request line and headers) answered normally; nginx's default
@@ -203,6 +203,13 @@ impl<'s> Exchange<'s> {
         self.server.open_connections()
     }
 
+    /// Whether the client asks to switch protocols. The API has no upgrade, and tiny_http
+    /// 0.12 hands such a request's socket over whole as its body (`Connection: upgrade`):
+    /// a read would wait for the client, past any Content-Length.
+    pub fn upgrade_requested(&self) -> bool {
+        upgrade(&self.head)
+    }
+
     /// Whether the head is larger than [`MAX_HEAD_BYTES`].
     pub fn head_too_large(&self) -> bool {
         self.head_bytes > MAX_HEAD_BYTES
@@ -218,7 +225,14 @@ impl<'s> Exchange<'s> {
             touched,
             ..
         } = self;
-        match unread_body(&head, touched) {
+        // An upgrade's body is the raw socket: never read, never drained; the connection ends
+        // with the answer.
+        let unread = if upgrade(&head) {
+            0
+        } else {
+            unread_body(&head, touched)
+        };
+        match unread {
             0 => {
                 let connection = if close || server.close_due() || client_closes(&head, &request) {
                     "close"
@@ -239,8 +253,8 @@ impl<'s> Exchange<'s> {
                 // requests before they get here.
                 log::warn!(
                     "{} {}: abandoning a connection that declared a {n}-byte body",
-                    head.method,
-                    head.path
+                    loggable(&head.method, 16),
+                    loggable(&head.path, 200)
                 );
                 std::mem::forget(request);
                 Sent::Abandoned
@@ -326,6 +340,14 @@ fn writable(value: &str) -> bool {
     value
         .bytes()
         .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+/// Whether `head` asks to switch protocols.
+fn upgrade(head: &Head) -> bool {
+    head.header("upgrade").is_some()
+        || head
+            .header("connection")
+            .is_some_and(|c| c.to_ascii_lowercase().contains("upgrade"))
 }
 
 /// Whether tiny_http ends the connection after this request, as its client asked.
