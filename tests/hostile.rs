@@ -460,3 +460,36 @@ fn two_tokens_are_refused_in_any_order() {
         }
     });
 }
+
+/// Framings that two parsers could read two ways (RFC 9112 §6.1, §6.3) are refused: a
+/// Transfer-Encoding other than chunked, one beside a Content-Length, and two different
+/// Content-Length values. And an `action` given twice, in any encoding.
+#[test]
+fn ambiguous_framings_and_fields_are_400() {
+    Front::case("ambiguous framings", |f| {
+        let path = format!("/api/lambda-instances/{}/", f.instance);
+        let start = |framing: &str, body: &str| {
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Token {TOKEN}\r\n\
+                 Content-Type: {FORM}\r\n{framing}\r\n{body}"
+            )
+        };
+        for (framing, body) in [
+            ("Transfer-Encoding: gzip\r\n", "0\r\n\r\n"),
+            ("Transfer-Encoding: chunked, identity\r\n", "0\r\n\r\n"),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: 12\r\n",
+                "c\r\naction=start\r\n0\r\n\r\n",
+            ),
+            (
+                "Content-Length: 12\r\nContent-Length: 13\r\n",
+                "action=start",
+            ),
+        ] {
+            let (status, text) = send(f.direct, start(framing, body).as_bytes());
+            assert_eq!(status, Some(400), "{framing:?}: {text}");
+        }
+        let twice = start("Content-Length: 24\r\n", "action=start&action=stop");
+        assert_eq!(send(f.direct, twice.as_bytes()).0, Some(400));
+    });
+}

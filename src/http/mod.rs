@@ -181,7 +181,9 @@ fn serve_one(app: &App, store: &mut Store, mut exchange: Exchange) {
     let started = Instant::now();
     let too_large = exchange.head_too_large();
     let upgrade = exchange.upgrade_requested();
-    let overloaded = !too_large && !upgrade && overloaded(app, &exchange);
+    let framing = exchange.framing_error();
+    let refused = too_large || upgrade || framing.is_some();
+    let overloaded = !refused && overloaded(app, &exchange);
     let (head, mut body) = exchange.parts();
     let id = request_id(head);
     let (reply, route, user) = if too_large {
@@ -190,6 +192,8 @@ fn serve_one(app: &App, store: &mut Store, mut exchange: Exchange) {
     } else if upgrade {
         let e = ApiError::BadRequest("This API has no protocol upgrade.".into());
         (e.reply(), "upgrade", None)
+    } else if let Some(why) = framing {
+        (ApiError::BadRequest(why.into()).reply(), "framing", None)
     } else if overloaded {
         let e = ApiError::Unavailable("Too many connections; try again later.".into());
         (e.reply(), "overload", None)
@@ -223,7 +227,7 @@ fn serve_one(app: &App, store: &mut Store, mut exchange: Exchange) {
     let reply = reply.with_header("X-Request-Id", id);
     // An overloaded service also sheds the connection of a client it turns away, and a head
     // too large is not worth reading another of.
-    if exchange.respond(reply, too_large || upgrade || overloaded) == Sent::Abandoned {
+    if exchange.respond(reply, refused || overloaded) == Sent::Abandoned {
         app.metrics.abandoned_connection();
     }
 }

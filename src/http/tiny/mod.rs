@@ -210,6 +210,30 @@ impl<'s> Exchange<'s> {
         upgrade(&self.head)
     }
 
+    /// What is wrong with how the request says its body is framed, if anything (RFC 9112
+    /// §6.1, §6.3). tiny_http 0.12 decodes any Transfer-Encoding as chunked and then ignores
+    /// Content-Length, and reads the first of two Content-Length values: what one reading
+    /// leaves over would be read as the next request by another.
+    pub fn framing_error(&self) -> Option<&'static str> {
+        let head = &self.head;
+        let te = head.header("transfer-encoding");
+        let lengths: Vec<&str> = head
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.trim())
+            .collect();
+        if te.is_some_and(|t| !t.trim().eq_ignore_ascii_case("chunked")) {
+            Some("A Transfer-Encoding other than chunked is not accepted.")
+        } else if te.is_some() && !lengths.is_empty() {
+            Some("Transfer-Encoding and Content-Length together are not accepted.")
+        } else if lengths.windows(2).any(|w| w[0] != w[1]) {
+            Some("Two different Content-Length values are not accepted.")
+        } else {
+            None
+        }
+    }
+
     /// Whether the head is larger than [`MAX_HEAD_BYTES`].
     pub fn head_too_large(&self) -> bool {
         self.head_bytes > MAX_HEAD_BYTES
