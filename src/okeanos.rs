@@ -207,6 +207,40 @@ impl Client {
         }
     }
 
+    /// A compute call with the token, timed and counted as `op`: its status and body, or
+    /// why there was none.
+    fn compute_call(
+        &self,
+        op: &'static str,
+        request: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
+        token: &str,
+    ) -> Result<(u16, Vec<u8>), OkeanosError> {
+        let started = Instant::now();
+        let reply = read(
+            request
+                .header("X-Auth-Token", token)
+                .header("Accept", "application/json")
+                .call(),
+        );
+        self.record(op, started, &reply);
+        reply.map_err(OkeanosError::Transport)
+    }
+
+    /// A compute GET answered 200 with a JSON body.
+    fn compute_json(
+        &self,
+        op: &'static str,
+        url: &str,
+        token: &str,
+    ) -> Result<Value, OkeanosError> {
+        let (status, body) = self.compute_call(op, self.agent.get(url), token)?;
+        if status != 200 {
+            return Err(fault(status, &body));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| OkeanosError::Transport(format!("the {op} reply is not JSON: {e}")))
+    }
+
     /// `GET {compute}/servers/{id}` → the server's status and task.
     pub fn server_status(
         &self,
@@ -214,21 +248,8 @@ impl Client {
         token: &str,
         server_id: &str,
     ) -> Result<ServerState, OkeanosError> {
-        let started = Instant::now();
-        let reply = self
-            .agent
-            .get(&format!("{compute}/servers/{server_id}"))
-            .header("X-Auth-Token", token)
-            .header("Accept", "application/json")
-            .call();
-        let reply = read(reply);
-        self.record("status", started, &reply);
-        let (status, body) = reply.map_err(OkeanosError::Transport)?;
-        if status != 200 {
-            return Err(fault(status, &body));
-        }
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| OkeanosError::Transport(format!("server reply is not JSON: {e}")))?;
+        let url = format!("{compute}/servers/{server_id}");
+        let v = self.compute_json("status", &url, token)?;
         let mut server = v["server"].clone();
         // The id is the one asked for, whether or not the reply repeats it.
         server["id"] = Value::String(server_id.to_string());
@@ -244,21 +265,7 @@ impl Client {
         compute: &str,
         token: &str,
     ) -> Result<HashMap<String, ServerState>, OkeanosError> {
-        let started = Instant::now();
-        let reply = self
-            .agent
-            .get(&format!("{compute}/servers/detail"))
-            .header("X-Auth-Token", token)
-            .header("Accept", "application/json")
-            .call();
-        let reply = read(reply);
-        self.record("detail", started, &reply);
-        let (status, body) = reply.map_err(OkeanosError::Transport)?;
-        if status != 200 {
-            return Err(fault(status, &body));
-        }
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| OkeanosError::Transport(format!("servers reply is not JSON: {e}")))?;
+        let v = self.compute_json("detail", &format!("{compute}/servers/detail"), token)?;
         let servers = v["servers"]
             .as_array()
             .ok_or_else(|| OkeanosError::Transport("servers reply without servers".into()))?;
@@ -269,16 +276,7 @@ impl Client {
     /// (`{network}/floatingips/{id}`) or a network (`{network}/networks/{id}`). Ok(true) when
     /// it is deleted or being deleted, Ok(false) when it was already gone (404).
     pub fn delete(&self, op: &'static str, url: &str, token: &str) -> Result<bool, OkeanosError> {
-        let started = Instant::now();
-        let reply = self
-            .agent
-            .delete(url)
-            .header("X-Auth-Token", token)
-            .header("Accept", "application/json")
-            .call();
-        let reply = read(reply);
-        self.record(op, started, &reply);
-        let (status, body) = reply.map_err(OkeanosError::Transport)?;
+        let (status, body) = self.compute_call(op, self.agent.delete(url), token)?;
         match status {
             200..=299 => Ok(true),
             404 => Ok(false),

@@ -81,8 +81,12 @@ fn destroy_deletes_the_vms_then_the_network_and_keeps_the_record() {
     let last = *deletes.iter().max().unwrap();
     let t = transition.as_millis() as i64;
     assert!(last - deletes.iter().min().unwrap() < t, "{calls:?}");
-    assert!(at("delete_floatingips", "ip-1") >= last + t, "{calls:?}");
-    assert!(at("delete_networks", "net-1") >= last + t, "{calls:?}");
+    // The simulator stamps a call just after it took it: a few ms of slack.
+    assert!(
+        at("delete_floatingips", "ip-1") >= last + t - 5,
+        "{calls:?}"
+    );
+    assert!(at("delete_networks", "net-1") >= last + t - 5, "{calls:?}");
 
     // Kept for reference: details answer, the list and the count leave it out.
     let list = h.get("/api/lambda-instances/", Some(TOKEN)).json();

@@ -31,6 +31,13 @@ fn key(head: &Head) -> Result<Option<&str>, ApiError> {
     }
 }
 
+/// What the caller's instance `id` is, to decide on; 404 if the caller has none.
+fn seen(store: &mut Store, caller: &Caller, id: &str) -> Result<crate::model::Seen, ApiError> {
+    store
+        .seen(id, &caller.user.id)?
+        .ok_or_else(|| ApiError::NotFound(INSTANCE_NOT_FOUND.into()))
+}
+
 /// `POST`: start or stop, from the body's `action` field.
 pub fn handle(
     app: &App,
@@ -41,9 +48,7 @@ pub fn handle(
     id: &str,
 ) -> Result<Reply, ApiError> {
     let key = key(head)?;
-    let seen = store
-        .seen(id, &caller.user.id)?
-        .ok_or_else(|| ApiError::NotFound(INSTANCE_NOT_FOUND.into()))?;
+    let seen = seen(store, caller, id)?;
     check_body_head(head, app.max_body_bytes)?;
     let bytes = read_body(body, app.max_body_bytes)?;
     let kind = match action_field(head.header("content-type"), &bytes)?.as_deref() {

@@ -59,6 +59,21 @@ pub struct VmProgress {
     pub tries: i64,
 }
 
+impl VmProgress {
+    /// The VM's command went out (or was found under way) at `at`: its wait starts then.
+    pub fn commanded(&mut self, at: i64) {
+        self.sent = true;
+        self.since = Some(at);
+        self.polls = 0;
+    }
+
+    /// The VM was read for the first time at `at`.
+    pub fn first_read(&mut self, at: i64) {
+        self.state = VmState::Waiting;
+        self.since = Some(at);
+    }
+}
+
 /// One line of an action's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewStep {

@@ -60,17 +60,12 @@ impl Worker {
         };
         if first_read {
             unsaved.step(&vm, "status", state.to_string());
-            let v = &mut job.vms[i];
-            v.state = VmState::Waiting;
-            v.since = Some(now);
+            job.vms[i].first_read(now);
         }
         job.vms[i].tries = 0;
         if state.task == DELETING && !job.vms[i].sent {
             unsaved.step(&vm, "delete", "already under way");
-            let v = &mut job.vms[i];
-            v.sent = true;
-            v.since = Some(now);
-            v.polls = 0;
+            job.vms[i].commanded(now);
         }
         if !job.vms[i].sent {
             self.before_send(job, unsaved, i)?;
@@ -79,10 +74,7 @@ impl Worker {
                 Ok(true) => {
                     unsaved.step(&vm, "delete", "accepted");
                     let sent_at = self.store.now_ms();
-                    let v = &mut job.vms[i];
-                    v.sent = true;
-                    v.since = Some(sent_at);
-                    v.polls = 0;
+                    job.vms[i].commanded(sent_at);
                     return self.schedule_poll(job, unsaved, i, sent_at, state, "DELETED");
                 }
                 Ok(false) => {

@@ -287,9 +287,7 @@ impl Worker {
         let first_read = job.vms[i].state == VmState::Todo;
         if first_read {
             unsaved.step(&vm, "status", state.to_string());
-            let v = &mut job.vms[i];
-            v.state = VmState::Waiting;
-            v.since = Some(now);
+            job.vms[i].first_read(now);
         }
         job.vms[i].tries = 0;
         if state.status == target && state.task.is_empty() {
@@ -314,10 +312,7 @@ impl Worker {
         }
         if state.task == op.task() && !job.vms[i].sent {
             unsaved.step(&vm, op.name(), "already under way");
-            let v = &mut job.vms[i];
-            v.sent = true;
-            v.since = Some(now);
-            v.polls = 0;
+            job.vms[i].commanded(now);
         }
         if state.status == source && state.task.is_empty() && !job.vms[i].sent {
             self.before_send(job, unsaved, i)?;
@@ -330,10 +325,7 @@ impl Worker {
                     // The wait counts from the command, however long the tick took to get
                     // to it.
                     let sent_at = self.store.now_ms();
-                    let v = &mut job.vms[i];
-                    v.sent = true;
-                    v.since = Some(sent_at);
-                    v.polls = 0;
+                    job.vms[i].commanded(sent_at);
                     return self.schedule_poll(job, unsaved, i, sent_at, state, target);
                 }
                 // Synnefo answers 400 when the server is not in a state the action applies
