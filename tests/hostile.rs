@@ -493,3 +493,33 @@ fn ambiguous_framings_and_fields_are_400() {
         assert_eq!(send(f.direct, twice.as_bytes()).0, Some(400));
     });
 }
+
+/// 72 connections each send a head that is refused before its body is read (here a 415),
+/// declaring a 2 000-byte body they never send: each is answered and holds a drainer,
+/// never a handler, and /healthz stays fast. (A head that is accepted has its body read by
+/// the handler, which then waits for the client: that case is still open.)
+#[test]
+fn refused_bodies_never_sent_hold_no_handler() {
+    Front::case("72 refused bodies never sent", |f| {
+        let head = post_head(f, "text/plain", "2000", "");
+        let held: Vec<(TcpStream, Option<u16>)> = (0..72)
+            .map(|_| {
+                let mut s = TcpStream::connect(f.direct).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                s.write_all(head.as_bytes()).unwrap();
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+                (s, status)
+            })
+            .collect();
+        // Each was answered without its body being read first.
+        for (_, status) in &held {
+            assert_eq!(*status, Some(415), "a request got no answer in time");
+        }
+        let ms = f.healthz_ms();
+        assert!(ms < 200, "/healthz took {ms} ms with 72 bodies pending");
+        drop(held);
+    });
+}

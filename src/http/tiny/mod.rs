@@ -41,7 +41,9 @@ const BUFFERED_BY_TINY_HTTP: u64 = 1024;
 /// abandoned.
 const MAX_DRAIN: u64 = 16 << 20;
 /// Drainer threads of one server at once; past that, the handler drains itself.
-const MAX_DRAINERS: usize = 64;
+/// As many as the default connection cap lets clients hold; past that, a request with a
+/// body left unread is abandoned rather than drained on a handler, which would block it.
+const MAX_DRAINERS: usize = 1024;
 /// One response in this many asks its client to close the connection.
 const CLOSE_EVERY: u64 = 1000;
 
@@ -267,8 +269,18 @@ impl<'s> Exchange<'s> {
                 Sent::Written
             }
             n if n <= MAX_DRAIN => {
-                drain_elsewhere(&server.drainers, request, into_response(reply));
-                Sent::Written
+                match drain_elsewhere(&server.drainers, request, into_response(reply)) {
+                    None => Sent::Written,
+                    Some(request) => {
+                        log::warn!(
+                            "{} {}: every drainer is busy; abandoning the connection",
+                            loggable(&head.method, 16),
+                            loggable(&head.path, 200)
+                        );
+                        std::mem::forget(request);
+                        Sent::Abandoned
+                    }
+                }
             }
             n => {
                 // tiny_http would allocate all n bytes at once to drain them (and abort the
@@ -303,16 +315,15 @@ impl BodySource for Body<'_> {
 
 /// Answers a request whose body is left unread, on a drainer thread: dropping the request
 /// drains the body, so a client that declares a body and never sends it holds a drainer, not
-/// a handler.
+/// a handler. The request comes back when every drainer is busy: no handler ever drains.
 fn drain_elsewhere(
     drainers: &Arc<AtomicUsize>,
     request: tiny_http::Request,
     response: tiny_http::Response<std::io::Cursor<Vec<u8>>>,
-) {
+) -> Option<tiny_http::Request> {
     if drainers.fetch_add(1, Ordering::SeqCst) >= MAX_DRAINERS {
         drainers.fetch_sub(1, Ordering::SeqCst);
-        respond(request, response);
-        return;
+        return Some(request);
     }
     let mine = drainers.clone();
     let spawned = std::thread::Builder::new()
@@ -327,6 +338,7 @@ fn drain_elsewhere(
         drainers.fetch_sub(1, Ordering::SeqCst);
         log::error!("starting a drainer: {e}");
     }
+    None
 }
 
 /// How many declared body bytes are still on the socket: those of a body tiny_http did not
