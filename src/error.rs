@@ -1,5 +1,4 @@
-//! The error a command of the `lambda-api` binary ends with, and [`Report`], which prints an
-//! error with every cause under it.
+//! The error a command of the `lambda-api` binary ends with.
 
 use std::fmt;
 
@@ -87,25 +86,10 @@ impl From<lexopt::Error> for Error {
     }
 }
 
-/// An error and its causes on one line, `outer: inner: innermost`: how every error is
-/// logged and how `main` prints the one it ends with.
-pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for Report<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = self.0.source();
-        while let Some(e) = cause {
-            write!(f, ": {e}")?;
-            cause = e.source();
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::Report;
 
     #[test]
     fn a_report_names_every_cause() {

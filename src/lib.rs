@@ -14,6 +14,7 @@ mod idempotency;
 mod metrics;
 pub mod model;
 mod okeanos;
+pub mod report;
 mod shutdown;
 pub mod store;
 mod sync;
@@ -27,7 +28,8 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::http::{App, HttpServer};
 use crate::shutdown::Shutdown;
-use crate::worker::{Eta, Outside, Pool, Settings};
+use crate::worker::eta::Eta;
+use crate::worker::{Outside, Pool, Settings};
 
 /// The running service: HTTP threads and workers over one SQLite file.
 pub struct Service {

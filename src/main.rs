@@ -14,7 +14,7 @@ fn main() {
     }
     logger.init();
     if let Err(e) = lambda_api::cli::run(std::env::args_os().skip(1)) {
-        eprintln!("lambda-api: {}", lambda_api::error::Report(&e));
+        eprintln!("lambda-api: {}", lambda_api::report::Report(&e));
         std::process::exit(e.exit_code());
     }
 }

@@ -6,16 +6,14 @@
 use serde_json::json;
 
 use super::body::action_field;
-use super::reply::{ApiError, Reply};
-use super::request::{check_body_head, read_body, BodySource, Head};
-use super::routes::Caller;
+use super::reply::{ApiError, Reply, INSTANCE_NOT_FOUND};
+use super::request::{check_body_head, read_body, BodySource, Caller, Head};
 use super::App;
-use crate::error::Report;
 use crate::idempotency::{self, Prior};
 use crate::model::ActionKind;
+use crate::report::Report;
 use crate::store::{Requested, Store, StoredAnswer};
 
-pub const INSTANCE_NOT_FOUND: &str = "The specified lambda instance doesn't exist.";
 const ACCEPTED: &str = "Your request has been accepted";
 const DESTROY_ACCEPTED: &str =
     "Your request to destroy the specified lambda instance has been accepted";

@@ -22,11 +22,10 @@ use crossbeam_channel::Sender;
 use log::{error, info};
 
 use crate::auth::Authenticator;
-use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Database, Store, StoreError};
-use crate::worker::Eta;
+use crate::worker::eta::Eta;
 use reply::ApiError;
 use request::{loggable, Head};
 use tiny::{Exchange, Sent};
@@ -64,7 +63,10 @@ pub enum StartError {
     /// A handler's database connection could not be opened.
     Store(StoreError),
     /// A handler thread could not be started.
-    Thread(Box<Error>),
+    Thread {
+        thread: String,
+        source: std::io::Error,
+    },
 }
 
 impl fmt::Display for StartError {
@@ -72,7 +74,7 @@ impl fmt::Display for StartError {
         match self {
             StartError::Bind { listen, reason } => write!(f, "cannot listen on {listen}: {reason}"),
             StartError::Store(_) => write!(f, "cannot open a handler's database connection"),
-            StartError::Thread(_) => write!(f, "cannot start a handler"),
+            StartError::Thread { thread, .. } => write!(f, "cannot start thread {thread}"),
         }
     }
 }
@@ -82,7 +84,7 @@ impl std::error::Error for StartError {
         match self {
             StartError::Bind { .. } => None,
             StartError::Store(e) => Some(e),
-            StartError::Thread(e) => Some(e.as_ref()),
+            StartError::Thread { source, .. } => Some(source),
         }
     }
 }
@@ -124,11 +126,9 @@ impl HttpServer {
                         serve_one(&app, &mut store, exchange);
                     }
                 })
-                .map_err(|source| {
-                    StartError::Thread(Box::new(Error::Spawn {
-                        thread: name,
-                        source,
-                    }))
+                .map_err(|source| StartError::Thread {
+                    thread: name,
+                    source,
                 })?;
             handles.push(handle);
         }

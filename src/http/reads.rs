@@ -4,14 +4,13 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::action_call::INSTANCE_NOT_FOUND;
-use super::reply::{ApiError, Reply};
+use super::reply::{ApiError, Reply, INSTANCE_NOT_FOUND};
 use super::request::Head;
 use super::App;
 use crate::auth::User;
 use crate::clock::rfc3339;
-use crate::error::Report;
 use crate::metrics::Gauges;
+use crate::report::Report;
 use crate::store::{ActionRecord, Instance, Store};
 
 const ACTION_NOT_FOUND: &str = "The specified action doesn't exist.";

@@ -3,6 +3,9 @@
 
 use serde_json::json;
 
+/// The 404 of an instance the caller does not have (missing, or another user's).
+pub const INSTANCE_NOT_FOUND: &str = "The specified lambda instance doesn't exist.";
+
 /// A response before it is written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
@@ -156,7 +159,7 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
-        log::error!("{}", crate::error::Report(&e));
+        log::error!("{}", crate::report::Report(&e));
         ApiError::Unavailable("The service's database is unavailable; try again later.".into())
     }
 }

@@ -2,9 +2,11 @@
 //! head has been checked. Also the checks of the body's head and the capped read.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use super::body::check_type;
 use super::reply::ApiError;
+use crate::auth::User;
 
 /// The parts of a request a handler may look at before deciding to read the body.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +78,12 @@ pub fn loggable(value: &str, max: usize) -> String {
         }
     }
     out
+}
+
+/// Who made a call, by their token.
+pub struct Caller<'h> {
+    pub user: Arc<User>,
+    pub token: &'h str,
 }
 
 /// Where the body of a request comes from; read only after the head has been checked (for

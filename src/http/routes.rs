@@ -2,14 +2,12 @@
 //! shares, and the one place an [`ApiError`] becomes a reply. The handlers are in
 //! `action_call.rs` (the seed's call) and `reads.rs` (everything that only reads).
 
-use std::sync::Arc;
-
 use serde_json::json;
 
 use super::reply::{ApiError, Reply};
-use super::request::{BodySource, Head};
+use super::request::{BodySource, Caller, Head};
 use super::{action_call, reads, App};
-use crate::auth::{token_from_headers, Token, User};
+use crate::auth::{token_from_headers, Token};
 use crate::okeanos::AuthError;
 use crate::store::Store;
 
@@ -74,12 +72,6 @@ pub struct Handled {
     pub reply: Reply,
     pub route: &'static str,
     pub user: Option<String>,
-}
-
-/// Who made a call, by their token.
-pub struct Caller<'h> {
-    pub user: Arc<User>,
-    pub token: &'h str,
 }
 
 /// Routes and answers one request.

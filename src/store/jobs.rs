@@ -8,32 +8,9 @@ use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension};
 
-use super::progress::{read_vms, write_progress, NewStep, VmProgress};
-use super::{kind_of, Result, Store, StoreError};
+use super::progress::{read_vms, write_progress, Job, NewStep};
+use super::{kind_of, millis, Result, Store, StoreError};
 use crate::model::{ActionKind, Status};
-
-/// What a worker needs for a tick of an action it has claimed.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub action_id: String,
-    pub instance_id: String,
-    pub owner: String,
-    pub action: ActionKind,
-    pub token: String,
-    pub compute_url: String,
-    /// The catalog's network endpoint, for a destroy's floating IP and private network.
-    pub network_url: Option<String>,
-    pub claim: String,
-    /// How many times a run took the action up: 1, then one more for each restart or
-    /// takeover of an expired lease.
-    pub attempt: i64,
-    pub created_at: i64,
-    pub vms: Vec<VmProgress>,
-}
-
-pub(super) fn millis(d: Duration) -> i64 {
-    d.as_millis() as i64
-}
 
 /// The phase of the VM at `position` for `kind`: a start brings the slaves up first, then
 /// the master; a stop takes the master down first, then the slaves; a destroy deletes every

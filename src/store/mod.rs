@@ -26,8 +26,8 @@ pub use actions::Requested;
 pub use history::{ActionRecord, Step};
 pub use idempotency::{KeyClaim, StoredAnswer};
 pub use instances::{Instance, NewInstance, Summary};
-pub use jobs::{Job, FLOATING_IP, NETWORK};
-pub use progress::{NewStep, VmProgress, VmState};
+pub use jobs::{FLOATING_IP, NETWORK};
+pub use progress::{Job, NewStep, VmProgress, VmState};
 
 use crate::clock::Clock;
 use crate::model::{ActionKind, ActionState, Status};
@@ -354,6 +354,10 @@ impl Store {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
         Ok(busy == 0)
     }
+}
+
+fn millis(d: Duration) -> i64 {
+    d.as_millis() as i64
 }
 
 fn status_of(name: String) -> rusqlite::Result<Status> {

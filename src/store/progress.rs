@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use rusqlite::{params, Transaction};
 
-use super::jobs::{millis, Job};
-use super::{Result, Store};
+use super::{millis, Result, Store};
+use crate::model::ActionKind;
 
 /// Where a run is with one VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +72,25 @@ impl VmProgress {
         self.state = VmState::Waiting;
         self.since = Some(at);
     }
+}
+
+/// What a worker needs for a tick of an action it has claimed.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub action_id: String,
+    pub instance_id: String,
+    pub owner: String,
+    pub action: ActionKind,
+    pub token: String,
+    pub compute_url: String,
+    /// The catalog's network endpoint, for a destroy's floating IP and private network.
+    pub network_url: Option<String>,
+    pub claim: String,
+    /// How many times a run took the action up: 1, then one more for each restart or
+    /// takeover of an expired lease.
+    pub attempt: i64,
+    pub created_at: i64,
+    pub vms: Vec<VmProgress>,
 }
 
 /// One line of an action's history.

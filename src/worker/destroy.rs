@@ -3,7 +3,7 @@
 //! network, if the instance has them. A resource already gone counts as done.
 
 use super::failure::{Failure, Stop};
-use super::run::Unsaved;
+use super::unsaved::Unsaved;
 use super::Worker;
 use crate::okeanos::{OkeanosError, ServerState};
 use crate::store::{Job, VmState, FLOATING_IP, NETWORK};
@@ -82,7 +82,7 @@ impl Worker {
                     job.vms[i].state = VmState::Done;
                     return Ok(());
                 }
-                Err(error) => return self.retry_or_fail(job, unsaved, &[i], "delete", error, now),
+                Err(error) => return self.retry_or_fail(job, unsaved, &[i], "delete", error),
             }
         }
         self.schedule_poll(job, unsaved, i, now, state, "DELETED")
@@ -95,7 +95,6 @@ impl Worker {
         job: &mut Job,
         unsaved: &mut Unsaved,
         i: usize,
-        now: i64,
     ) -> Result<(), Stop> {
         let name = job.vms[i].vm.clone();
         unsaved.touch(i);
@@ -117,7 +116,7 @@ impl Worker {
                 job.vms[i].state = VmState::Done;
                 Ok(())
             }
-            Err(error) => self.retry_or_fail(job, unsaved, &[i], "delete", error, now),
+            Err(error) => self.retry_or_fail(job, unsaved, &[i], "delete", error),
         }
     }
 }

@@ -3,9 +3,11 @@
 //! channel or a restart loses nothing.
 
 mod destroy;
+pub mod eta;
 mod failure;
 mod listing;
 mod run;
+mod unsaved;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -16,16 +18,18 @@ use crossbeam_channel::{select, Receiver, Sender};
 use log::{error, info, warn};
 
 use crate::config::Config;
-use crate::error::{Error, Report};
+use crate::error::Error;
 use crate::idempotency;
 use crate::metrics::Metrics;
 use crate::okeanos::Client;
+use crate::report::Report;
 use crate::shutdown::Shutdown;
 use crate::store::{Database, Job, Store, VmState};
-use crate::sync::lock;
+use eta::Eta;
 use failure::{Failure, Stop};
 use listing::Listings;
-use run::{Tick, Unsaved};
+use run::Tick;
+use unsaved::Unsaved;
 
 /// How often an idle worker looks at SQLite for work nobody woke it up for (an action whose
 /// wake-up did not fit in the channel, or whose lease expired).
@@ -361,36 +365,6 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
     exp.mul_f64(0.5 + fastrand::f64())
 }
 
-/// How long actions take, from acceptance to their end: what `Retry-After` tells a client
-/// following one. A moving average of the recent ones.
-#[derive(Default)]
-pub struct Eta {
-    average_ms: std::sync::Mutex<Option<f64>>,
-}
-
-/// What `Retry-After` says while there is no history to go by.
-const DEFAULT_ETA: Duration = Duration::from_secs(5);
-
-impl Eta {
-    /// An action ended `took` after it was accepted.
-    pub fn record(&self, took: Duration) {
-        let ms = took.as_secs_f64() * 1000.0;
-        let mut avg = lock(&self.average_ms);
-        *avg = Some(avg.map_or(ms, |a| 0.8 * a + 0.2 * ms));
-    }
-
-    /// Seconds a client should wait before asking again about an action accepted `age` ago:
-    /// what recent actions took, less its age, from 1 to 30.
-    pub fn retry_after(&self, age: Duration) -> u64 {
-        let eta =
-            lock(&self.average_ms).map_or(DEFAULT_ETA, |ms| Duration::from_secs_f64(ms / 1000.0));
-        eta.saturating_sub(age)
-            .as_secs_f64()
-            .ceil()
-            .clamp(1.0, 30.0) as u64
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,18 +387,6 @@ mod tests {
             );
         }
         assert!(backoff(base, 40) < MAX_BACKOFF * 3 / 2);
-    }
-
-    #[test]
-    fn retry_after_follows_recent_actions() {
-        let eta = Eta::default();
-        assert_eq!(eta.retry_after(Duration::ZERO), 5);
-        eta.record(Duration::from_secs(12));
-        assert_eq!(eta.retry_after(Duration::ZERO), 12);
-        assert_eq!(eta.retry_after(Duration::from_secs(4)), 8);
-        assert_eq!(eta.retry_after(Duration::from_secs(60)), 1);
-        eta.record(Duration::from_secs(3600));
-        assert_eq!(eta.retry_after(Duration::ZERO), 30);
     }
 
     #[test]

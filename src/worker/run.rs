@@ -8,7 +8,6 @@
 //! transient fault after a back-off pause: both are due times saved in SQLite, never a
 //! sleeping thread.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +16,11 @@ use log::warn;
 use super::destroy;
 use super::failure::{Failure, Stop};
 use super::listing::Servers;
+use super::unsaved::Unsaved;
 use super::Worker;
 use crate::model::ActionKind;
 use crate::okeanos::{OkeanosError, ServerAction, ServerState};
-use crate::store::{Job, NewStep, VmProgress, VmState};
+use crate::store::{Job, VmState};
 
 /// Commands a tick sends between two saves.
 pub const SENDS_PER_SAVE: usize = 4;
@@ -36,37 +36,6 @@ pub(super) enum Tick {
     Done,
     /// Nothing more is due before this time (ms since the epoch).
     Wait(i64),
-}
-
-/// What a tick has done and not yet saved: saved before the tick's first command, and with
-/// the action's parking or end.
-#[derive(Default)]
-pub(super) struct Unsaved {
-    /// The indexes of the VMs changed.
-    changed: BTreeSet<usize>,
-    pub(super) steps: Vec<NewStep>,
-    /// Commands sent since the last save.
-    sends: usize,
-}
-
-impl Unsaved {
-    /// Marks VM `i` as changed.
-    pub(super) fn touch(&mut self, i: usize) {
-        self.changed.insert(i);
-    }
-
-    /// The VMs of `job` this tick changed.
-    pub(super) fn vms(&self, job: &Job) -> Vec<VmProgress> {
-        self.changed.iter().map(|i| job.vms[*i].clone()).collect()
-    }
-
-    pub(super) fn step(&mut self, vm: &str, op: &str, result: impl Into<String>) {
-        self.steps.push(NewStep {
-            vm: vm.to_string(),
-            op: op.to_string(),
-            result: result.into(),
-        });
-    }
 }
 
 /// The command of a start or a stop (a destroy deletes: `destroy.rs`).
@@ -177,7 +146,7 @@ impl Worker {
             }
             if due.iter().all(|i| destroy::is_resource(&job.vms[*i].vm)) {
                 for i in due {
-                    self.delete_resource(job, unsaved, i, now)?;
+                    self.delete_resource(job, unsaved, i)?;
                 }
                 continue;
             }
@@ -185,7 +154,7 @@ impl Worker {
             let servers = match self.read_servers(job, due_at) {
                 Ok(servers) => servers,
                 Err(error) => {
-                    self.retry_or_fail(job, unsaved, &due, "status", error, now)?;
+                    self.retry_or_fail(job, unsaved, &due, "status", error)?;
                     continue;
                 }
             };
@@ -240,8 +209,9 @@ impl Worker {
         due: &[usize],
         op: &'static str,
         error: OkeanosError,
-        now: i64,
     ) -> Result<(), Stop> {
+        // The pause runs from the failure, however long the failed call took.
+        let now = self.store.now_ms();
         let names: Vec<&str> = due.iter().map(|i| job.vms[*i].vm.as_str()).collect();
         let names = names.join(",");
         let tries = due.iter().map(|i| job.vms[*i].tries).max().unwrap_or(0) + 1;
@@ -350,11 +320,11 @@ impl Worker {
                                 return Ok(());
                             }
                         }
-                        Err(e) => return self.retry_or_fail(job, unsaved, &[i], "status", e, now),
+                        Err(e) => return self.retry_or_fail(job, unsaved, &[i], "status", e),
                     }
                 }
                 Err(error) => {
-                    return self.retry_or_fail(job, unsaved, &[i], op.name(), error, now);
+                    return self.retry_or_fail(job, unsaved, &[i], op.name(), error);
                 }
             }
         }
@@ -387,9 +357,13 @@ impl Worker {
         }
         let pause = self.poll_pause(v.polls);
         v.polls += 1;
+        // On a grid, so that the VMs commanded in one tick, and the other actions of their
+        // owner, fall due together and share one listing.
+        let grid = (self.settings.poll_interval.as_millis() as i64 / 2).clamp(1, 20);
+        let due = (now + pause.as_millis() as i64 + grid - 1) / grid * grid;
         // Never past the wait's end, so that a VM that never arrives fails on time.
         let deadline = v.since.unwrap_or(now) + self.settings.vm_wait_timeout.as_millis() as i64;
-        v.next_at = (now + pause.as_millis() as i64).min(deadline);
+        v.next_at = due.min(deadline);
         Ok(())
     }
 }
