@@ -86,8 +86,8 @@ keys! {
     /// Largest request body accepted.
     #[serde(deserialize_with = "within::<64, 1048576, _, _>")]
     max_body_bytes: usize = 8192,
-    /// On SIGTERM/SIGINT, how long running actions may take to finish before being handed
-    /// back.
+    /// On SIGTERM/SIGINT, how long running actions may go on before the rest is left to the
+    /// next start.
     #[serde(deserialize_with = "within::<0, 3600, _, _>")]
     shutdown_grace_secs: u64 = 10,
 }

@@ -124,8 +124,9 @@ impl Service {
     }
 
     /// Stops taking requests (answering those already read), gives running actions
-    /// `shutdown_grace_secs` to finish, hands the rest back to the queue, and waits for every
-    /// thread. The database connections close with their threads.
+    /// `shutdown_grace_secs` to finish, leaves the rest to the next start (they are rows,
+    /// due again), and waits for every thread. The database connections close with their
+    /// threads.
     pub fn stop(self) {
         self.shutdown.trigger();
         self.http.join();

@@ -76,7 +76,7 @@ impl std::error::Error for Failure {
 pub(super) enum Stop {
     /// The action failed for good.
     Failed(Failure),
-    /// Shutdown: hand the action back.
+    /// Shutdown: leave the action to the next start, due at once.
     Interrupted,
     /// Another worker holds the action now; this one must let go without writing.
     LostClaim,
