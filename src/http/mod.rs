@@ -27,11 +27,9 @@ use crate::shutdown::Shutdown;
 use crate::store::{Database, Store, StoreError};
 use crate::worker::eta::Eta;
 use reply::ApiError;
-use request::{loggable, Head};
+use request::{loggable, Head, MAX_LOGGED, MAX_LOGGED_METHOD};
 use tiny::{Exchange, Sent};
 
-/// The longest path written to a log line.
-const MAX_LOGGED: usize = 200;
 /// How often a handler thread looks at the shutdown flag while no request comes.
 const ACCEPT_TICK: Duration = Duration::from_millis(200);
 
@@ -205,7 +203,7 @@ fn serve_one(app: &App, store: &mut Store, mut exchange: Exchange) {
             Err(_) => {
                 error!(
                     "request {id}: {} {}: handler panicked",
-                    loggable(&head.method, 16),
+                    loggable(&head.method, MAX_LOGGED_METHOD),
                     loggable(&head.path, MAX_LOGGED)
                 );
                 (ApiError::Internal.reply(), "unknown", None)
@@ -216,7 +214,7 @@ fn serve_one(app: &App, store: &mut Store, mut exchange: Exchange) {
     app.metrics.request(route, status, started.elapsed());
     info!(
         "{} {} {} {:.1}ms id={} route={} user={}",
-        loggable(&head.method, 16),
+        loggable(&head.method, MAX_LOGGED_METHOD),
         loggable(&head.path, MAX_LOGGED),
         status,
         started.elapsed().as_secs_f64() * 1000.0,

@@ -62,6 +62,10 @@ impl Head {
     }
 }
 
+/// The longest path written to a log line, and the longest method.
+pub const MAX_LOGGED: usize = 200;
+pub const MAX_LOGGED_METHOD: usize = 16;
+
 /// A value from a request as it may go into a log line: control bytes escaped (a CR or an
 /// LF could otherwise forge a line of their own) and long values cut to `max` characters.
 pub fn loggable(value: &str, max: usize) -> String {

@@ -154,10 +154,6 @@ impl Database {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Opens a connection, creating the file (mode 0600) and migrating it if needed.
     pub fn open(&self) -> Result<Store> {
         self.open_with(self.synchronous)

@@ -38,21 +38,22 @@ pub(super) enum Tick {
     Wait(i64),
 }
 
-/// The command of a start or a stop (a destroy deletes: `destroy.rs`).
-fn command(kind: ActionKind) -> ServerAction {
+/// The server command of a start or a stop; a destroy deletes instead (`destroy.rs`).
+fn command(kind: ActionKind) -> Option<ServerAction> {
     match kind {
-        ActionKind::Stop => ServerAction::Shutdown,
-        ActionKind::Start | ActionKind::Destroy => ServerAction::Start,
+        ActionKind::Start => Some(ServerAction::Start),
+        ActionKind::Stop => Some(ServerAction::Shutdown),
+        ActionKind::Destroy => None,
     }
 }
 
 /// What a phase does, for its step: "start 2 slaves", "shutdown the master", "delete 3
 /// servers".
 fn phase_step(kind: ActionKind, vms: &[&str], has_master: bool) -> String {
-    if kind == ActionKind::Destroy {
+    let Some(op) = command(kind) else {
         return destroy::phase_step(vms);
-    }
-    let verb = command(kind).name();
+    };
+    let verb = op.name();
     match (has_master, vms.len()) {
         (true, _) => format!("{verb} the master"),
         (false, 1) => format!("{verb} 1 slave"),
@@ -160,17 +161,17 @@ impl Worker {
             };
             for i in due {
                 let state = servers.get(&job.vms[i].vm).cloned();
-                if job.action == ActionKind::Destroy {
+                let Some(op) = command(job.action) else {
                     self.advance_delete(job, unsaved, i, state, now)?;
                     continue;
-                }
+                };
                 let state = state.ok_or_else(|| OkeanosError::Fault {
                     status: 404,
                     name: "itemNotFound".into(),
                     message: format!("Server {} not found", job.vms[i].vm),
                 });
                 match state {
-                    Ok(state) => self.advance(job, unsaved, i, state, now)?,
+                    Ok(state) => self.advance(job, unsaved, i, op, state, now)?,
                     Err(error) => {
                         let vm = job.vms[i].vm.clone();
                         unsaved.step(&vm, "status", error.to_string());
@@ -247,10 +248,10 @@ impl Worker {
         job: &mut Job,
         unsaved: &mut Unsaved,
         i: usize,
+        op: ServerAction,
         mut state: ServerState,
         now: i64,
     ) -> Result<(), Stop> {
-        let op = command(job.action);
         let (target, source) = (op.target(), op.source());
         let vm = job.vms[i].vm.clone();
         unsaved.touch(i);

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::reply::Reply;
-use super::request::{loggable, BodySource, Head};
+use super::request::{loggable, BodySource, Head, MAX_LOGGED, MAX_LOGGED_METHOD};
 use connections::{Connections, Source};
 
 /// Largest request head (request line and headers) answered normally; nginx's default
@@ -271,32 +271,27 @@ impl<'s> Exchange<'s> {
             n if n <= MAX_DRAIN => {
                 match drain_elsewhere(&server.drainers, request, into_response(reply)) {
                     None => Sent::Written,
-                    Some(request) => {
-                        log::warn!(
-                            "{} {}: every drainer is busy; abandoning the connection",
-                            loggable(&head.method, 16),
-                            loggable(&head.path, 200)
-                        );
-                        std::mem::forget(request);
-                        Sent::Abandoned
-                    }
+                    Some(request) => abandon(request, &head, "every drainer is busy"),
                 }
             }
-            n => {
-                // tiny_http would allocate all n bytes at once to drain them (and abort the
-                // process when it cannot): the request is abandoned instead, unanswered. Its
-                // connection stays open until the client goes. The nginx front refuses such
-                // requests before they get here.
-                log::warn!(
-                    "{} {}: abandoning a connection that declared a {n}-byte body",
-                    loggable(&head.method, 16),
-                    loggable(&head.path, 200)
-                );
-                std::mem::forget(request);
-                Sent::Abandoned
-            }
+            // tiny_http would allocate all n bytes at once to drain them (and abort the
+            // process when it cannot). The nginx front refuses such requests before they
+            // get here.
+            n => abandon(request, &head, &format!("it declared a {n}-byte body")),
         }
     }
+}
+
+/// Leaves a request unanswered, its body unread and its connection open until the client
+/// goes: the last resort where draining would block a thread or abort the process.
+fn abandon(request: tiny_http::Request, head: &Head, why: &str) -> Sent {
+    log::warn!(
+        "{} {}: abandoning the connection: {why}",
+        loggable(&head.method, MAX_LOGGED_METHOD),
+        loggable(&head.path, MAX_LOGGED)
+    );
+    std::mem::forget(request);
+    Sent::Abandoned
 }
 
 /// The body of an exchange, borrowed beside its head.
