@@ -109,11 +109,7 @@ fn an_accepted_action_survives_sigkill() {
     let sim = start_sim(Duration::from_millis(300));
     let dir = tempfile::tempdir().unwrap();
     let astakos = sim.astakos_url();
-    let env = [
-        ("LAMBDA_API_LISTEN", "127.0.0.1:0"),
-        ("LAMBDA_API_ASTAKOS_URL", astakos.as_str()),
-        ("LAMBDA_API_POLL_INTERVAL_MS", "20"),
-    ];
+    let env = sim_env(&astakos, "20");
     let id = add_demo_instance(dir.path(), &env);
 
     let mut first = Served::start(dir.path(), &env);
@@ -207,11 +203,7 @@ fn no_token_and_no_forged_line_in_the_log_at_trace() {
     let sim = start_sim(Duration::from_millis(20));
     let dir = tempfile::tempdir().unwrap();
     let astakos = sim.astakos_url();
-    let env = [
-        ("LAMBDA_API_LISTEN", "127.0.0.1:0"),
-        ("LAMBDA_API_ASTAKOS_URL", astakos.as_str()),
-        ("LAMBDA_API_POLL_INTERVAL_MS", "10"),
-    ];
+    let env = sim_env(&astakos, "10");
     let id = add_demo_instance(dir.path(), &env);
     let served = Served::start_logging(dir.path(), &env, "trace");
     let r = post_form(

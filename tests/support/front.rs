@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::{add_demo_instance, Served};
+use super::process::{add_demo_instance, sim_env, Served};
 use super::*;
 
 /// The service, the simulator, and nginx in front.
@@ -48,12 +48,8 @@ impl Front {
         let sim = start_sim(Duration::from_millis(30));
         let dir = tempfile::tempdir().unwrap();
         let astakos = sim.astakos_url();
-        let env = [
-            ("LAMBDA_API_LISTEN", "127.0.0.1:0"),
-            ("LAMBDA_API_ASTAKOS_URL", astakos.as_str()),
-            ("LAMBDA_API_POLL_INTERVAL_MS", "10"),
-            ("RUST_LOG", "warn"),
-        ];
+        let mut env = sim_env(&astakos, "10");
+        env.push(("RUST_LOG", "warn"));
         let instance = add_demo_instance(dir.path(), &env);
         let service = Served::start(dir.path(), &env);
         let direct: SocketAddr = service.base.trim_start_matches("http://").parse().unwrap();

@@ -9,6 +9,16 @@ use super::{DEADLINE, MASTER, SLAVES, USER};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lambda-api");
 
+/// The environment of a `serve` against a simulator whose identity is at `astakos`: any free
+/// port on loopback, and VMs polled every `poll_ms`.
+pub fn sim_env<'a>(astakos: &'a str, poll_ms: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("LAMBDA_API_LISTEN", "127.0.0.1:0"),
+        ("LAMBDA_API_ASTAKOS_URL", astakos),
+        ("LAMBDA_API_POLL_INTERVAL_MS", poll_ms),
+    ]
+}
+
 /// A `lambda-api` command with no inherited LAMBDA_API_* variables, run in `dir`.
 pub fn command(dir: &Path, env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(BIN);
