@@ -1,7 +1,7 @@
 //! The `lambda-api` command line: `serve`, `instances add|list|remove`, `check-config`.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -20,6 +20,8 @@ Usage:
   lambda-api instances list [--config FILE]
   lambda-api instances remove ID [--config FILE]
   lambda-api check-config [--config FILE]
+  lambda-api backup FILE [--config FILE]
+  lambda-api restore FILE [--config FILE]
 
 Commands:
   serve            run the HTTP API and the workers until stopped
@@ -30,6 +32,11 @@ Commands:
   instances list   list every registered instance, one a line
   instances remove delete an instance and its action history
   check-config     print the effective configuration, or the mistake in it
+  backup           write a consistent copy of the database to FILE (a new file) while the
+                   service runs; the copy keeps no token, so actions in progress are
+                   failed in it
+  restore          replace the database with FILE, a backup, once it passes its checks; the
+                   service must be stopped; the replaced database is kept beside it
 
 Configuration: built-in defaults, then --config FILE (TOML), then environment variables
 LAMBDA_API_<KEY>, e.g. LAMBDA_API_LISTEN=127.0.0.1:9000. See config/lambda-api.toml.
@@ -165,6 +172,29 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
             } else {
                 Err(Error::NotFound(format!("no instance {id}")))
             }
+        }
+        ["backup", file] => {
+            let copied = config()?.db().backup(Path::new(file))?;
+            println!(
+                "backed up {} instance(s) and {} action(s) to {file} ({} bytes); {} action(s) \
+                 in progress are failed in the copy, which keeps no token",
+                copied.instances, copied.actions, copied.bytes, copied.ended
+            );
+            Ok(())
+        }
+        ["restore", file] => {
+            let db = config()?.db();
+            let (copied, replaced) = db.restore(Path::new(file))?;
+            println!(
+                "restored {} instance(s) and {} action(s) from {file} into {}",
+                copied.instances,
+                copied.actions,
+                db.path().display()
+            );
+            if let Some(aside) = replaced {
+                println!("the database it replaced is kept as {}", aside.display());
+            }
+            Ok(())
         }
         _ => Err(Error::Usage(format!(
             "unknown command `{}`; see --help",

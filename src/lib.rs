@@ -37,6 +37,8 @@ pub struct Service {
     pool: Pool,
     shutdown: Arc<Shutdown>,
     grace: std::time::Duration,
+    /// Keeps other processes from serving or restoring this database; let go last.
+    _held: store::Held,
 }
 
 impl Service {
@@ -45,6 +47,7 @@ impl Service {
     pub fn start(config: &Config) -> Result<Service, Error> {
         // One Database for the whole process: its clones share the write lock.
         let database = config.db();
+        let held = database.hold()?;
         let (requeued, orphaned) = database.open()?.recover()?;
         if requeued > 0 || orphaned > 0 {
             log::info!(
@@ -103,6 +106,7 @@ impl Service {
             pool,
             shutdown,
             grace: std::time::Duration::from_secs(config.shutdown_grace_secs),
+            _held: held,
         })
     }
 

@@ -15,6 +15,8 @@ mod faults;
 mod fuzz;
 /// Destroy, and the calls of the original service's clients.
 mod lifecycle;
+/// One machine's operations: backup, restore, upgrades, a full disk.
+mod operations;
 /// The real binary: the command line, configuration, and surviving SIGKILL.
 mod process;
 /// The read calls, action tracking, idempotency keys and metrics.

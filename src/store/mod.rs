@@ -8,11 +8,13 @@
 //! saves), `idempotency.rs`; `commit.rs` is the group commit, with no SQL in it.
 
 mod actions;
+mod backup;
 mod commit;
 mod history;
 mod idempotency;
 mod instances;
 mod jobs;
+mod migrate;
 mod progress;
 
 use std::fmt;
@@ -23,6 +25,7 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use actions::Requested;
+pub use backup::{Copied, Held, LIVE_AT_BACKUP};
 pub use history::{ActionRecord, Step};
 pub use idempotency::{KeyClaim, StoredAnswer};
 pub use instances::{Instance, NewInstance, Summary};
@@ -34,8 +37,7 @@ use crate::model::{ActionKind, ActionState, Status};
 use crate::sync::lock;
 use commit::GroupCommit;
 
-const SCHEMA: &str = include_str!("../../schema.sql");
-const SCHEMA_VERSION: i64 = 3;
+pub use migrate::SCHEMA_VERSION;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// SQLite's page cache per connection, in KiB (written negative, as the pragma takes it).
 const CACHE_KIB: i64 = -64;
@@ -50,6 +52,15 @@ pub enum StoreError {
         path: PathBuf,
         source: Arc<std::io::Error>,
     },
+    /// A file next to the database (its lock, a backup) could not be read or written.
+    File {
+        path: PathBuf,
+        source: Arc<std::io::Error>,
+    },
+    /// Another process holds the database: a running `lambda-api serve`.
+    InUse(PathBuf),
+    /// A backup could not be made, or a file given to restore is not a usable backup.
+    Backup(String),
     /// The file was written by a newer lambda-api; it is left untouched.
     NewerSchema { found: i64, known: i64 },
     /// A row breaks an invariant of the schema, e.g. an instance without servers.
@@ -63,6 +74,13 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Sqlite(_) => write!(f, "database"),
             StoreError::Create { path, .. } => write!(f, "cannot create {}", path.display()),
+            StoreError::File { path, .. } => write!(f, "{}", path.display()),
+            StoreError::InUse(path) => write!(
+                f,
+                "{} is in use by a running lambda-api serve; stop it first",
+                path.display()
+            ),
+            StoreError::Backup(why) => write!(f, "{why}"),
             StoreError::NewerSchema { found, known } => write!(
                 f,
                 "database schema version {found} is newer than this binary's {known}"
@@ -77,7 +95,9 @@ impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StoreError::Sqlite(e) => Some(e.as_ref()),
-            StoreError::Create { source, .. } => Some(source.as_ref()),
+            StoreError::Create { source, .. } | StoreError::File { source, .. } => {
+                Some(source.as_ref())
+            }
             _ => None,
         }
     }
@@ -154,6 +174,11 @@ impl Database {
         }
     }
 
+    /// Where the database file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Opens a connection, creating the file (mode 0600) and migrating it if needed.
     pub fn open(&self) -> Result<Store> {
         self.open_with(self.synchronous)
@@ -172,6 +197,9 @@ impl Database {
         create_private(&self.path)?;
         let conn = Connection::open(&self.path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Before anything that writes (even the journal mode is kept in the file): a
+        // database from a newer binary is left exactly as it is.
+        migrate::refuse_newer(&conn)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", synchronous.name())?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -276,65 +304,6 @@ impl Store {
         Ok(Writing { tx, _lock: lock })
     }
 
-    fn migrate(&mut self) -> Result<()> {
-        let version: i64 = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if (1..3).contains(&version) {
-            self.before_version_3()?;
-        }
-        let tx = self.begin_write()?;
-        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                found: version,
-                known: SCHEMA_VERSION,
-            });
-        }
-        if version < SCHEMA_VERSION {
-            tx.execute_batch(SCHEMA)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        }
-        tx.commit()
-    }
-
-    /// Version 3's changes to the tables of versions 1 and 2: the `actions` table is rebuilt
-    /// (its CHECK now allows `destroy`, and it has `due_at` and `network_url`), and
-    /// `lambda_instances` gains `network_id` and `public_ip_id`. SQLite's way: foreign keys
-    /// off (outside the transaction), the old table renamed without rewriting the references
-    /// to it, the new one made by `schema.sql`, the rows copied, the old table dropped.
-    fn before_version_3(&mut self) -> Result<()> {
-        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
-        self.conn.pragma_update(None, "legacy_alter_table", "ON")?;
-        let rebuilt = (|| -> Result<()> {
-            let tx = self.begin_write()?;
-            tx.execute_batch(
-                "ALTER TABLE actions RENAME TO actions_v2;
-                 DROP INDEX IF EXISTS actions_one_live_per_instance;
-                 DROP INDEX IF EXISTS actions_live;
-                 DROP INDEX IF EXISTS actions_by_instance;
-                 ALTER TABLE lambda_instances ADD COLUMN network_id TEXT;
-                 ALTER TABLE lambda_instances ADD COLUMN public_ip_id TEXT;",
-            )?;
-            tx.execute_batch(SCHEMA)?;
-            tx.execute_batch(
-                "INSERT INTO actions (id, instance_id, action, state, attempts, error, token,
-                     compute_url, claim, lease_until, created_at, started_at, finished_at,
-                     due_at)
-                 SELECT id, instance_id, action, state, attempts, error, token, compute_url,
-                     claim, lease_until, created_at, started_at, finished_at,
-                     CASE WHEN state IN ('queued', 'running') THEN created_at END
-                 FROM actions_v2;
-                 DROP TABLE actions_v2;
-                 PRAGMA user_version = 3;",
-            )?;
-            tx.commit()
-        })();
-        self.conn.pragma_update(None, "legacy_alter_table", "OFF")?;
-        self.conn.pragma_update(None, "foreign_keys", "ON")?;
-        rebuilt
-    }
-
     /// Answers whether the database is reachable and readable.
     pub fn ping(&self) -> Result<()> {
         self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
@@ -376,64 +345,6 @@ fn bad_value(msg: String) -> rusqlite::Error {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-
-    #[test]
-    fn migrate_is_idempotent() {
-        let mut store = Database::in_memory(ManualClock::at(0));
-        store.migrate().unwrap();
-        store.migrate().unwrap();
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused_and_left_alone() {
-        let mut store = Database::in_memory(ManualClock::at(0));
-        store.conn.pragma_update(None, "user_version", 99).unwrap();
-        let e = store.migrate().unwrap_err();
-        assert!(
-            matches!(e, StoreError::NewerSchema { found: 99, .. }),
-            "{e}"
-        );
-        let v: i64 = store
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(v, 99);
-    }
-
-    /// A database of schema version 2, with a live action, opens and migrates: the action is
-    /// due at once, and the new table is there.
-    #[test]
-    fn version_2_migrates_with_its_data() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(include_str!("schemas/v2.sql")).unwrap();
-        conn.execute_batch(
-            "PRAGMA user_version = 2;
-             INSERT INTO lambda_instances VALUES ('i', 'n', 'u', 'STARTING', NULL, 5);
-             INSERT INTO instance_servers VALUES ('i', 0, 'm');
-             INSERT INTO actions (id, instance_id, action, state, token, compute_url, created_at)
-             VALUES ('a', 'i', 'start', 'queued', 't', 'c', 7);",
-        )
-        .unwrap();
-        let mut store = Store {
-            conn,
-            shared: Arc::default(),
-            clock: ManualClock::at(0),
-        };
-        store.migrate().unwrap();
-        let due: i64 = store
-            .conn
-            .query_row("SELECT due_at FROM actions WHERE id = 'a'", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(due, 7);
-        let vms: i64 = store
-            .conn
-            .query_row("SELECT COUNT(*) FROM action_vms", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(vms, 0);
-        store.migrate().unwrap();
-    }
 
     /// The build flags in .cargo/config.toml reached SQLite: without them every connection
     /// shares one page cache behind a global mutex, and holds more memory.

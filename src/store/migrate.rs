@@ -1,0 +1,244 @@
+//! Bringing a database of any version this project has shipped up to the current schema.
+//!
+//! `PRAGMA user_version` says which version a file has: 1 (the first release), 2 (added
+//! `idempotency_keys`), 3 (destroy, due times, `action_vms`). `schemas/` keeps the schema of
+//! every older version, so that the tests below build a database of each one and migrate it
+//! with data in it. A file newer than the binary is refused and left as it is.
+
+use super::{Result, Store, StoreError};
+
+/// The schema every database ends up with: `schema.sql` at the top of the repository.
+pub(super) const SCHEMA: &str = include_str!("../../schema.sql");
+/// The version `SCHEMA` is; bump it, and keep the old schema in `schemas/`, on every change.
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// Refuses a database whose version this binary does not know, reading only.
+pub(super) fn refuse_newer(conn: &rusqlite::Connection) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found: version,
+            known: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+impl Store {
+    pub(super) fn migrate(&mut self) -> Result<()> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if (1..3).contains(&version) {
+            self.before_version_3()?;
+        }
+        let tx = self.begin_write()?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if version < SCHEMA_VERSION {
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        tx.commit()
+    }
+
+    /// Version 3's changes to the tables of versions 1 and 2: the `actions` table is rebuilt
+    /// (its CHECK now allows `destroy`, and it has `due_at` and `network_url`), and
+    /// `lambda_instances` gains `network_id` and `public_ip_id`. SQLite's way: foreign keys
+    /// off (outside the transaction), the old table renamed without rewriting the references
+    /// to it, the new one made by `schema.sql`, the rows copied, the old table dropped.
+    fn before_version_3(&mut self) -> Result<()> {
+        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
+        self.conn.pragma_update(None, "legacy_alter_table", "ON")?;
+        let rebuilt = (|| -> Result<()> {
+            let tx = self.begin_write()?;
+            tx.execute_batch(
+                "ALTER TABLE actions RENAME TO actions_v2;
+                 DROP INDEX IF EXISTS actions_one_live_per_instance;
+                 DROP INDEX IF EXISTS actions_live;
+                 DROP INDEX IF EXISTS actions_by_instance;
+                 ALTER TABLE lambda_instances ADD COLUMN network_id TEXT;
+                 ALTER TABLE lambda_instances ADD COLUMN public_ip_id TEXT;",
+            )?;
+            tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(
+                "INSERT INTO actions (id, instance_id, action, state, attempts, error, token,
+                     compute_url, claim, lease_until, created_at, started_at, finished_at,
+                     due_at)
+                 SELECT id, instance_id, action, state, attempts, error, token, compute_url,
+                     claim, lease_until, created_at, started_at, finished_at,
+                     CASE WHEN state IN ('queued', 'running') THEN created_at END
+                 FROM actions_v2;
+                 DROP TABLE actions_v2;
+                 PRAGMA user_version = 3;",
+            )?;
+            tx.commit()
+        })();
+        self.conn.pragma_update(None, "legacy_alter_table", "OFF")?;
+        self.conn.pragma_update(None, "foreign_keys", "ON")?;
+        rebuilt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::model::{ActionState, Status};
+    use crate::store::Database;
+
+    /// Every version shipped before this one, with its schema as it was released.
+    const SHIPPED: &[(i64, &str)] = &[
+        (1, include_str!("schemas/v1.sql")),
+        (2, include_str!("schemas/v2.sql")),
+    ];
+
+    fn store_on(conn: Connection) -> Store {
+        Store {
+            conn,
+            shared: Arc::default(),
+            clock: ManualClock::at(1_000),
+        }
+    }
+
+    /// A database of `version`, as that version would have left it: a running instance with
+    /// a live action (and its token), and a stopped one with a finished action and its steps.
+    fn old_database(version: i64, schema: &str) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(schema).unwrap();
+        conn.pragma_update(None, "user_version", version).unwrap();
+        conn.execute_batch(
+            "INSERT INTO lambda_instances VALUES ('i1', 'hadoop', 'u', 'STARTING', NULL, 5);
+             INSERT INTO instance_servers VALUES ('i1', 0, 'm1'), ('i1', 1, 's1');
+             INSERT INTO actions (id, instance_id, action, state, token, compute_url, created_at)
+             VALUES ('a1', 'i1', 'start', 'queued', 't', 'http://c', 7);
+             INSERT INTO lambda_instances VALUES ('i2', 'spark', 'u', 'STOPPED', NULL, 6);
+             INSERT INTO instance_servers VALUES ('i2', 0, 'm2');
+             INSERT INTO actions (id, instance_id, action, state, attempts, created_at,
+                                  started_at, finished_at)
+             VALUES ('a2', 'i2', 'stop', 'succeeded', 1, 8, 9, 10);
+             INSERT INTO action_steps VALUES ('a2', 0, 'm2', 'shutdown', 'STOPPED', 10);",
+        )
+        .unwrap();
+        if version >= 2 {
+            conn.execute(
+                "INSERT INTO idempotency_keys VALUES ('u', 'k', 'f', 202, '{}', '/x', 900)",
+                [],
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    /// Each table's columns and each index's name: what a migrated database must share with a
+    /// new one.
+    fn shape(conn: &Connection) -> BTreeMap<String, Vec<String>> {
+        let names: Vec<(String, String)> = conn
+            .prepare("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        names
+            .into_iter()
+            .map(|(kind, name)| {
+                let columns = if kind == "table" {
+                    conn.prepare(&format!("SELECT name, type, \"notnull\" FROM pragma_table_info('{name}') ORDER BY name"))
+                        .unwrap()
+                        .query_map([], |r| {
+                            Ok(format!("{} {} {}", r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                        })
+                        .unwrap()
+                        .collect::<rusqlite::Result<_>>()
+                        .unwrap()
+                } else {
+                    Vec::new()
+                };
+                (format!("{kind} {name}"), columns)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_shipped_version_migrates_with_its_data() {
+        let fresh = Database::in_memory(ManualClock::at(0));
+        let want = shape(&fresh.conn);
+        for &(version, schema) in SHIPPED {
+            let mut store = store_on(old_database(version, schema));
+            store.migrate().unwrap();
+            let at = |what: &str| format!("version {version}: {what}");
+            let now: i64 = store
+                .conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(now, SCHEMA_VERSION, "{}", at("user_version"));
+            assert_eq!(shape(&store.conn), want, "{}", at("tables and indexes"));
+
+            let running = store.owned_instance("i1", "u").unwrap().expect("i1");
+            assert_eq!(running.status, Status::Starting, "{}", at("i1"));
+            let stopped = store.owned_instance("i2", "u").unwrap().expect("i2");
+            assert_eq!(stopped.status, Status::Stopped, "{}", at("i2"));
+            let done = store.action("i2", "a2").unwrap().expect("a2");
+            assert_eq!(done.state, ActionState::Succeeded, "{}", at("a2"));
+            assert_eq!(done.steps.len(), 1, "{}", at("a2's steps"));
+
+            // The live action is taken up, with the token it was accepted with.
+            let job = store
+                .claim_due(std::time::Duration::from_secs(60), true)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{}", at("the live action is not due")));
+            assert_eq!(job.action_id, "a1", "{}", at("claimed"));
+            assert_eq!(job.token, "t", "{}", at("token"));
+
+            let keys: i64 = store
+                .conn
+                .query_row("SELECT COUNT(*) FROM idempotency_keys", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(keys, i64::from(version >= 2), "{}", at("idempotency keys"));
+            let bad: Vec<String> = store
+                .conn
+                .prepare("PRAGMA foreign_key_check")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(bad.is_empty(), "{}: {bad:?}", at("foreign keys"));
+            store.migrate().unwrap();
+        }
+    }
+
+    #[test]
+    fn migrate_is_idempotent() {
+        let mut store = Database::in_memory(ManualClock::at(0));
+        store.migrate().unwrap();
+        store.migrate().unwrap();
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_alone() {
+        let mut store = Database::in_memory(ManualClock::at(0));
+        store.conn.pragma_update(None, "user_version", 99).unwrap();
+        let e = store.migrate().unwrap_err();
+        assert!(
+            matches!(e, StoreError::NewerSchema { found: 99, .. }),
+            "{e}"
+        );
+        let v: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 99);
+    }
+}
