@@ -467,7 +467,10 @@ fn keep_alive_connections_are_asked_to_close_now_and_then() {
         s.write_all(request).unwrap();
         let (status, headers, body) = read_response(&mut r);
         assert_eq!(status, 200, "response {n}");
-        assert_eq!(body, br#"{"status":"ok","database":"ok"}"#, "response {n}");
+        assert_eq!(
+            body, br#"{"status":"ok","database":"ok","writes":"ok"}"#,
+            "response {n}"
+        );
         if headers
             .iter()
             .any(|h| h.eq_ignore_ascii_case("connection: close"))
@@ -492,6 +495,9 @@ fn keep_alive_connections_are_asked_to_close_now_and_then() {
     let (status, _, body) = read_response(&mut r);
     assert_eq!(
         (status, &body[..]),
-        (200, &br#"{"status":"ok","database":"ok"}"#[..])
+        (
+            200,
+            &br#"{"status":"ok","database":"ok","writes":"ok"}"#[..]
+        )
     );
 }

@@ -242,3 +242,144 @@ fn a_newer_database_is_refused_and_left_alone() {
         );
     }
 }
+
+/// A small tmpfs of the test's own, unmounted (lazily) when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// None where this process may not mount (not root): said on stderr.
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("cannot mount a tmpfs here (it needs root): the full-disk test did not run");
+            return None;
+        }
+        Some(SmallDisk { path, _dir: dir })
+    }
+
+    /// Writes a file until the disk has no room left.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        for chunk in [65536, 4096, 1] {
+            let block = vec![0u8; chunk];
+            while f.write_all(&block).is_ok() {}
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+fn try_start(base: &str, id: &str, key: Option<&str>) -> Resp {
+    let mut headers = vec![("Authorization".to_string(), format!("Token {TOKEN}"))];
+    if let Some(k) = key {
+        headers.push(("Idempotency-Key".into(), k.into()));
+    }
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    post(
+        &format!("{base}/api/lambda-instances/{id}/"),
+        &headers,
+        "application/json",
+        br#"{"action":"start"}"#,
+    )
+}
+
+/// While the disk is full, a new action is a 503 with Retry-After and the
+/// reason, never a 202 or a 500; /healthz says why; reads go on; and once the disk takes
+/// writes again the service is back by itself, with the action it accepted before finished.
+#[test]
+fn a_full_disk_refuses_new_actions_and_recovers() {
+    let Some(disk) = SmallDisk::mount("4m") else {
+        return;
+    };
+    let sim = start_sim_with(fixture_with_vms(3), Duration::from_millis(300));
+    let db = disk.path.join("lambda-api.db");
+    let ids = register(&db, 3);
+    let astakos = sim.astakos_url();
+    let mut env = sim_env(&astakos, "20");
+    let db_name = db.to_str().unwrap();
+    env.push(("LAMBDA_API_DATABASE", db_name));
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &env);
+    let base = served.base.clone();
+    let health = || get(&format!("{base}/healthz"), None);
+
+    // Accepted before the disk fills: it must still end.
+    let before = try_start(&base, &ids[0], None);
+    assert_eq!(before.status, 202, "{}", before.body);
+    let filler = disk.fill();
+
+    for (n, key) in [None, Some("full-1")].into_iter().enumerate() {
+        let r = try_start(&base, &ids[1], key);
+        assert_eq!(r.status, 503, "try {n}: {}", r.body);
+        assert!(r.header("retry-after").is_some(), "try {n}");
+        let error = &r.json()["errors"][0];
+        assert_eq!(error["status"], 503, "{}", r.body);
+        assert!(
+            error["detail"]
+                .as_str()
+                .unwrap()
+                .contains("the disk is full"),
+            "{}",
+            r.body
+        );
+    }
+    let h = health();
+    assert_eq!(h.status, 503, "{}", h.body);
+    assert!(h.body.contains("the disk is full"), "{}", h.body);
+    // Reads go on.
+    let url = format!("{base}/api/lambda-instances/{}/", ids[1]);
+    let r = get(&url, Some(TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["data"][0]["status"]["message"], "STOPPED");
+    assert_eq!(
+        get(&format!("{base}/api/lambda-instances/"), Some(TOKEN)).status,
+        200
+    );
+
+    // Room again: the health check's probe sees it, and actions are accepted.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("healthz to recover", || {
+        (health().status == 200).then_some(())
+    });
+    let r = try_start(&base, &ids[1], Some("full-1"));
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(try_start(&base, &ids[2], None).status, 202);
+
+    for id in &ids {
+        let url = format!("{base}/api/lambda-instances/{id}/");
+        let started = std::time::Instant::now();
+        loop {
+            let s = get(&url, Some(TOKEN)).json()["data"][0]["status"].clone();
+            if s["message"] == "STARTED" {
+                break;
+            }
+            assert!(started.elapsed() < DEADLINE, "{id}: {s}\n{}", served.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    drop(served);
+}

@@ -22,9 +22,23 @@ const MAX_LIMIT: u64 = 1000;
 /// Page size of the action history when the client gives no `limit`.
 const DEFAULT_ACTIONS_LIMIT: u64 = 20;
 
-pub fn health(store: &Store) -> Reply {
+pub fn health(store: &mut Store) -> Reply {
+    if store.write_trouble().is_some() {
+        // The probe's outcome lands in write_trouble.
+        let _ = store.probe_write();
+    }
     match store.ping() {
-        Ok(()) => Reply::json(200, &json!({"status": "ok", "database": "ok"})),
+        Ok(()) => match store.write_trouble() {
+            None => Reply::json(
+                200,
+                &json!({"status": "ok", "database": "ok", "writes": "ok"}),
+            ),
+            Some(why) => Reply::json(
+                503,
+                &json!({"status": "unavailable", "database": "ok", "writes": why}),
+            )
+            .with_header("Retry-After", "5"),
+        },
         Err(e) => {
             let why = Report(&e).to_string();
             log::error!("health check: {why}");

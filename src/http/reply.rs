@@ -160,7 +160,15 @@ impl ApiError {
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
         log::error!("{}", crate::report::Report(&e));
-        ApiError::Unavailable("The service's database is unavailable; try again later.".into())
+        match e.disk_trouble() {
+            Some(why) => ApiError::Unavailable(format!(
+                "The service cannot save anything now: {why}. Nothing was accepted; try again \
+                 later."
+            )),
+            None => ApiError::Unavailable(
+                "The service's database is unavailable; try again later.".into(),
+            ),
+        }
     }
 }
 

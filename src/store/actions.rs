@@ -166,12 +166,16 @@ impl Store {
             let e = StoreError::from(e);
             batch.iter().map(|_| Err(e.clone())).collect()
         };
+        let health = &self.shared.health;
         let mut tx = match self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
         {
             Ok(tx) => tx,
-            Err(e) => return all_failed(e),
+            Err(e) => {
+                health.failed(&e);
+                return all_failed(e);
+            }
         };
         let mut outcomes = Vec::with_capacity(batch.len());
         for a in batch {
@@ -182,7 +186,9 @@ impl Store {
             });
             outcomes.push(one);
         }
-        match tx.commit() {
+        let committed = tx.commit();
+        health.saw(&committed);
+        match committed {
             Ok(()) => outcomes,
             Err(e) => all_failed(e),
         }

@@ -29,6 +29,10 @@ impl Store {
         let version: i64 = self
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version == SCHEMA_VERSION {
+            // Nothing to write: a current database opens even where it cannot be written.
+            return Ok(());
+        }
         if (1..3).contains(&version) {
             self.before_version_3()?;
         }

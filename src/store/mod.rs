@@ -10,6 +10,7 @@
 mod actions;
 mod backup;
 mod commit;
+mod health;
 mod history;
 mod idempotency;
 mod instances;
@@ -153,6 +154,8 @@ struct Shared {
     writer: Mutex<()>,
     /// New actions waiting to be committed together.
     requests: GroupCommit<actions::NewAction, Result<Requested>>,
+    /// Whether the last write found the disk writable.
+    health: health::WriteHealth,
 }
 
 impl fmt::Debug for Database {
@@ -273,6 +276,7 @@ struct Writing<'c> {
     // Dropped first: an uncommitted transaction rolls back before the lock is released.
     tx: rusqlite::Transaction<'c>,
     _lock: MutexGuard<'c, ()>,
+    health: &'c health::WriteHealth,
 }
 
 impl<'c> std::ops::Deref for Writing<'c> {
@@ -284,9 +288,10 @@ impl<'c> std::ops::Deref for Writing<'c> {
 
 impl Writing<'_> {
     fn commit(self) -> Result<()> {
-        let Writing { tx, _lock } = self;
-        tx.commit()?;
-        Ok(())
+        let Writing { tx, _lock, health } = self;
+        let committed = tx.commit();
+        health.saw(&committed);
+        Ok(committed?)
     }
 }
 
@@ -298,10 +303,18 @@ impl Store {
 
     fn begin_write(&mut self) -> Result<Writing<'_>> {
         let lock = lock(&self.shared.writer);
+        let health = &self.shared.health;
         let tx = self
             .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Ok(Writing { tx, _lock: lock })
+            .transaction_with_behavior(TransactionBehavior::Immediate);
+        if let Err(e) = &tx {
+            health.failed(e);
+        }
+        Ok(Writing {
+            tx: tx?,
+            _lock: lock,
+            health,
+        })
     }
 
     /// Answers whether the database is reachable and readable.

@@ -7,6 +7,7 @@ pub mod eta;
 mod failure;
 mod listing;
 mod run;
+mod stranded;
 mod unsaved;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -29,6 +30,7 @@ use eta::Eta;
 use failure::{Failure, Stop};
 use listing::Listings;
 use run::Tick;
+use stranded::Stranded;
 use unsaved::Unsaved;
 
 /// How often an idle worker looks at SQLite for work nobody woke it up for (an action whose
@@ -109,6 +111,7 @@ impl Pool {
                 last_purge: Instant::now(),
                 wal_dirty: false,
                 last_truncate: Instant::now(),
+                stranded: Vec::new(),
             };
             let wakeups = wakeups.clone();
             let done = done_tx.clone();
@@ -171,6 +174,8 @@ struct Worker {
     /// An action ended (its token erased) since the WAL was last truncated.
     wal_dirty: bool,
     last_truncate: Instant,
+    /// Ends of ticks the database refused, to save again.
+    stranded: Vec<Stranded>,
 }
 
 /// Under steady load (no idle moment), the WAL is still truncated this often.
@@ -179,6 +184,7 @@ const TRUNCATE_EVERY: Duration = Duration::from_secs(5);
 impl Worker {
     fn run_loop(mut self, wakeups: &Receiver<String>) {
         while !self.abandon.is_triggered() {
+            self.save_stranded();
             let stopping = self.shutdown.is_triggered();
             match self.store.claim_due(self.settings.lease, !stopping) {
                 Ok(Some(job)) => {
@@ -276,18 +282,21 @@ impl Worker {
                     "action {id}: parked, due again in {} ms",
                     at - self.store.now_ms()
                 );
-                match self
-                    .store
-                    .park(&job, at, &unsaved.vms(&job), &unsaved.steps)
-                {
+                let vms = unsaved.vms(&job);
+                match self.store.park(&job, at, &vms, &unsaved.steps) {
                     Ok(true) => {
                         let _ = self.nudge.try_send(String::new());
                     }
                     Ok(false) => warn!("action {id}: taken over before it could be parked"),
-                    Err(e) => error!(
-                        "action {id}: parking it: {}; it will be taken up again",
-                        Report(&e)
-                    ),
+                    Err(e) => {
+                        error!("action {id}: parking it: {}; trying again", Report(&e));
+                        self.stranded.push(Stranded::Park {
+                            job,
+                            at,
+                            vms,
+                            steps: unsaved.steps,
+                        });
+                    }
                 }
                 return;
             }
@@ -325,32 +334,43 @@ impl Worker {
                 Some(message)
             }
         };
-        let took = Duration::from_millis((self.store.now_ms() - job.created_at).max(0) as u64);
         match self.store.finish(&job, error.as_deref(), &unsaved.steps) {
-            Ok(true) => {
-                self.wal_dirty = true;
-                let state = if error.is_some() {
-                    "failed"
-                } else {
-                    "succeeded"
-                };
-                self.metrics.action_finished(state);
-                self.eta.record(took);
-                match error {
-                    None => info!(
-                        "action {id}: succeeded {} ms after it was accepted",
-                        took.as_millis()
-                    ),
-                    Some(e) => warn!(
-                        "action {id}: failed {} ms after it was accepted: {e}",
-                        took.as_millis()
-                    ),
-                }
-            }
+            Ok(true) => self.ended(&job, error.as_deref()),
             Ok(false) => warn!("action {id}: taken over before it could be finished"),
-            Err(e) => error!(
-                "action {id}: recording its end: {}; it will be taken up again",
-                Report(&e)
+            Err(e) => {
+                error!(
+                    "action {id}: recording its end: {}; trying again",
+                    Report(&e)
+                );
+                self.stranded.push(Stranded::Finish {
+                    job,
+                    error,
+                    steps: unsaved.steps,
+                });
+            }
+        }
+    }
+
+    /// What follows an action's end, once it is saved.
+    fn ended(&mut self, job: &Job, error: Option<&str>) {
+        let id = &job.action_id;
+        let took = Duration::from_millis((self.store.now_ms() - job.created_at).max(0) as u64);
+        self.wal_dirty = true;
+        let state = if error.is_some() {
+            "failed"
+        } else {
+            "succeeded"
+        };
+        self.metrics.action_finished(state);
+        self.eta.record(took);
+        match error {
+            None => info!(
+                "action {id}: succeeded {} ms after it was accepted",
+                took.as_millis()
+            ),
+            Some(e) => warn!(
+                "action {id}: failed {} ms after it was accepted: {e}",
+                took.as_millis()
             ),
         }
     }

@@ -1,0 +1,74 @@
+//! The end of a tick that could not be saved (a full or read-only disk): kept in memory and
+//! saved again at the worker's next turn, so that the action goes on as soon as the database
+//! takes writes again, rather than when its lease runs out. The claim fences every retry: if
+//! the lease ran out meanwhile and another worker took the action, the save is dropped. If
+//! the process ends first, the next one takes the action up from its row.
+
+use log::{error, info};
+
+use super::Worker;
+use crate::report::Report;
+use crate::store::{Job, NewStep, VmProgress};
+
+/// A save to try again.
+pub(super) enum Stranded {
+    /// Park `job` until `at`, with what the tick changed.
+    Park {
+        job: Job,
+        at: i64,
+        vms: Vec<VmProgress>,
+        steps: Vec<NewStep>,
+    },
+    /// End `job`: succeeded (`error` None) or failed.
+    Finish {
+        job: Job,
+        error: Option<String>,
+        steps: Vec<NewStep>,
+    },
+}
+
+impl Stranded {
+    fn action_id(&self) -> &str {
+        match self {
+            Stranded::Park { job, .. } | Stranded::Finish { job, .. } => &job.action_id,
+        }
+    }
+}
+
+impl Worker {
+    /// Tries every stranded save once; keeps those that fail again.
+    pub(super) fn save_stranded(&mut self) {
+        if self.stranded.is_empty() {
+            return;
+        }
+        for save in std::mem::take(&mut self.stranded) {
+            let saved = match &save {
+                Stranded::Park {
+                    job,
+                    at,
+                    vms,
+                    steps,
+                } => self.store.park(job, *at, vms, steps),
+                Stranded::Finish { job, error, steps } => {
+                    self.store.finish(job, error.as_deref(), steps)
+                }
+            };
+            match saved {
+                Ok(true) => {
+                    info!("action {}: saved at last", save.action_id());
+                    if let Stranded::Finish { job, error, .. } = &save {
+                        self.ended(job, error.as_deref());
+                    }
+                }
+                Ok(false) => info!(
+                    "action {}: taken over before it could be saved; letting go",
+                    save.action_id()
+                ),
+                Err(e) => {
+                    error!("action {}: saving it: {}", save.action_id(), Report(&e));
+                    self.stranded.push(save);
+                }
+            }
+        }
+    }
+}
