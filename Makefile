@@ -12,7 +12,7 @@ RELEASE   := target/release
 DEMO_USER   := 1e9b2a3c-5d4f-4e6a-8b7c-9d0e1f2a3b4c
 DEMO_TOKEN  := demo-token-tJ3b3f32f23ceuqdoS
 
-.PHONY: bench bench-engine wrk help build release run run-proxied cert nginx smoke test test-hostile lint unit smoke-demo clean
+.PHONY: bench bench-engine wrk help build release run run-proxied cert nginx smoke test test-hostile test-deb deb lint unit smoke-demo clean
 PROXY     ?= 127.0.0.1:8443
 
 help: ## list the targets
@@ -82,7 +82,21 @@ test-hostile: nginx ## hostile clients against the service and through nginx (in
 smoke-demo: release ## `make run` in the background on other ports, then `make smoke` against it
 	@bash .ci/smoke-demo
 
-test: lint unit test-hostile smoke-demo ## everything CI runs
+PACKAGED_DB := /var/lib/lambda-api/lambda-api.db
+
+deb: release ## the Debian package in target/debian/ (installs cargo-deb from crates.io if missing)
+	@command -v cargo-deb > /dev/null || $(CARGO) install --locked cargo-deb
+	@mkdir -p target/deb
+	@# The packaged conffile: the documented one, with the database in the state directory.
+	@sed 's|^database = "lambda-api.db"$$|database = "$(PACKAGED_DB)"|' config/lambda-api.toml \
+		> target/deb/lambda-api.toml
+	@grep -qx 'database = "$(PACKAGED_DB)"' target/deb/lambda-api.toml
+	$(CARGO) deb --locked --no-build -p lambda-api
+
+test-deb: deb ## install the package on this machine, run it as its user against the simulator, purge it
+	bash .ci/deb-test
+
+test: lint unit test-hostile smoke-demo test-deb ## everything CI runs
 
 wrk: ## install wrk from the distribution's packages if missing
 	@command -v wrk > /dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk > /dev/null; }

@@ -222,6 +222,7 @@ fn serve(config: Config) -> Result<(), Error> {
                     "SIGTERM"
                 };
                 log::info!("{name}: stopping (grace {} s)", config.shutdown_grace_secs);
+                tell_service_manager(&[sd_notify::NotifyState::Stopping]);
                 stop.trigger();
             }
         })
@@ -229,13 +230,28 @@ fn serve(config: Config) -> Result<(), Error> {
             thread: "signals".into(),
             source,
         })?;
-    match service.local_addr() {
-        Some(addr) => log::info!("listening on http://{addr}"),
-        None => log::info!("listening on {}", config.listen),
-    }
+    let listening = match service.local_addr() {
+        Some(addr) => format!("listening on http://{addr}"),
+        None => format!("listening on {}", config.listen),
+    };
+    log::info!("{listening}");
+    // The database is open, recovered and writable, and the listener is bound: /healthz
+    // answers from here on. (Under systemd's Type=notify, this is what `start` waits for.)
+    tell_service_manager(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&listening),
+    ]);
     service.wait();
     log::info!("stopped");
     Ok(())
+}
+
+/// Tells systemd (when it started the service with NOTIFY_SOCKET) how the service stands;
+/// elsewhere a no-op.
+fn tell_service_manager(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        log::warn!("telling the service manager: {e}");
+    }
 }
 
 #[cfg(test)]

@@ -383,3 +383,33 @@ fn a_full_disk_refuses_new_actions_and_recovers() {
     }
     drop(served);
 }
+
+/// Under systemd's Type=notify: READY=1 once /healthz answers, STOPPING=1 on SIGTERM.
+#[test]
+fn serve_tells_the_service_manager_when_it_is_ready_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    let sim = start_sim(Duration::from_millis(10));
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(DEADLINE))
+        .expect("a read timeout");
+    let astakos = sim.astakos_url();
+    let mut env = sim_env(&astakos, "20");
+    let notify = socket_path.to_str().unwrap();
+    env.push(("NOTIFY_SOCKET", notify));
+    let mut served = Served::start(dir.path(), &env);
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a notification");
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.starts_with("READY=1\n"), "{said:?}");
+    assert!(
+        said.contains(&format!("STATUS=listening on {}", served.base)),
+        "{said:?}"
+    );
+    assert_eq!(get(&format!("{}/healthz", served.base), None).status, 200);
+    assert!(served.signal_and_wait("TERM").success());
+    let n = socket.recv(&mut buf).expect("a notification");
+    assert_eq!(&buf[..n], b"STOPPING=1\n");
+}

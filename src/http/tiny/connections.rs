@@ -16,9 +16,10 @@ const UNKNOWN: usize = usize::MAX;
 /// Where a server's connections are listed by the kernel.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Source {
-    /// `/proc/net/tcp` and `/proc/net/tcp6`: sockets whose local port is the server's.
+    /// `/proc/self/net/tcp` and `tcp6` (the process's network namespace; readable under
+    /// systemd's `ProcSubset=pid`): sockets whose local port is the server's.
     Tcp(u16),
-    /// `/proc/net/unix`: connected sockets bound to the server's path.
+    /// `/proc/self/net/unix`: connected sockets bound to the server's path.
     Unix(String),
 }
 
@@ -42,7 +43,7 @@ impl Connections {
             Some(source) => count(source)
                 .map(|n| last.store(n, Ordering::Relaxed))
                 .err()
-                .map(|e| format!("cannot read /proc/net: {e}")),
+                .map(|e| format!("cannot read /proc/self/net: {e}")),
         };
         if let (None, Some(source)) = (&cannot, source) {
             let (last, stop) = (last.clone(), stop.clone());
@@ -82,13 +83,13 @@ impl Drop for Connections {
 fn count(source: &Source) -> std::io::Result<usize> {
     match source {
         Source::Tcp(port) => {
-            let v4 = std::fs::read_to_string("/proc/net/tcp")?;
+            let v4 = std::fs::read_to_string("/proc/self/net/tcp")?;
             // A kernel without IPv6 has no tcp6 table.
-            let v6 = std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+            let v6 = std::fs::read_to_string("/proc/self/net/tcp6").unwrap_or_default();
             Ok(tcp_connections(&v4, *port) + tcp_connections(&v6, *port))
         }
         Source::Unix(path) => Ok(unix_connections(
-            &std::fs::read_to_string("/proc/net/unix")?,
+            &std::fs::read_to_string("/proc/self/net/unix")?,
             path,
         )),
     }
