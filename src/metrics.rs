@@ -86,6 +86,8 @@ pub struct Gauges {
     pub running: u64,
     /// Wake-ups waiting in the channel.
     pub channel: usize,
+    /// The last write to the database failed for a reason of the disk (full, read-only).
+    pub writes_failing: bool,
 }
 
 impl Metrics {
@@ -205,6 +207,17 @@ impl Metrics {
         let _ = writeln!(out, "lambda_queue_wakeups {}", gauges.channel);
         family(
             &mut out,
+            "lambda_database_writes_failing",
+            "gauge",
+            "1 while the disk refuses the database's writes (new actions get 503), else 0.",
+        );
+        let _ = writeln!(
+            out,
+            "lambda_database_writes_failing {}",
+            u8::from(gauges.writes_failing)
+        );
+        family(
+            &mut out,
             "lambda_actions_finished_total",
             "counter",
             "Actions ended by this process, by final state.",
@@ -263,9 +276,11 @@ mod tests {
             queued: 2,
             running: 1,
             channel: 0,
+            writes_failing: true,
         });
         for line in [
             "lambda_http_requests_total{route=\"/healthz\",status=\"200\"} 2",
+            "lambda_database_writes_failing 1",
             "lambda_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.005\"} 1",
             "lambda_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"+Inf\"} 2",
             "lambda_http_request_duration_seconds_count{route=\"/healthz\"} 2",

@@ -350,6 +350,11 @@ fn a_full_disk_refuses_new_actions_and_recovers() {
     let h = health();
     assert_eq!(h.status, 503, "{}", h.body);
     assert!(h.body.contains("the disk is full"), "{}", h.body);
+    let metrics = get(&format!("{base}/metrics"), None).body;
+    assert!(
+        metrics.contains("\nlambda_database_writes_failing 1\n"),
+        "{metrics}"
+    );
     // Reads go on.
     let url = format!("{base}/api/lambda-instances/{}/", ids[1]);
     let r = get(&url, Some(TOKEN));

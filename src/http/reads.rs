@@ -54,6 +54,7 @@ pub fn metrics(app: &App, store: &Store) -> Result<Reply, ApiError> {
         queued,
         running,
         channel: app.wakeups.len(),
+        writes_failing: store.write_trouble().is_some(),
     };
     Ok(Reply::text(
         200,

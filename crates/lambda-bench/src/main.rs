@@ -15,6 +15,7 @@ mod ceiling;
 mod engine;
 mod load;
 mod procs;
+mod size;
 
 use ceiling::{ceiling, commit_ceiling};
 use load::{write_lines, wrk, wrk_best};
@@ -45,6 +46,22 @@ fn main() {
             .and_then(|t| t.parse().ok())
             .unwrap_or(HTTP_THREADS);
         ceiling(&listen, threads);
+        return;
+    }
+    if args.first().map(String::as_str) == Some("size") {
+        let mut table = String::new();
+        let work = std::env::temp_dir().join(format!("lambda-bench-size-{}", std::process::id()));
+        let measured = std::fs::create_dir_all(&work)
+            .map_err(|e| format!("{}: {e}", work.display()))
+            .and_then(|()| size::database_size(&work, &mut table));
+        let _ = std::fs::remove_dir_all(&work);
+        match measured {
+            Ok(()) => print!("{table}"),
+            Err(e) => {
+                eprintln!("lambda-bench: {e}");
+                std::process::exit(1);
+            }
+        }
         return;
     }
     let only_engine = args.first().map(String::as_str) == Some("engine");
@@ -354,6 +371,7 @@ fn bench(only_engine: bool) -> Res<()> {
         size as f64 / (1 << 20) as f64
     );
 
+    size::database_size(&work, &mut table)?;
     engine::engine(&bin, &work, synchronous, &mut table, &mut notes)?;
 
     for (name, ratio, p99) in &at32 {

@@ -1,0 +1,78 @@
+//! The database's size per action: actions made, claimed and ended through the store as the
+//! service does it (three VMs each, six steps), then the file's size over their count.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use lambda_api::model::{ActionKind, Status};
+use lambda_api::store::{Database, NewStep, Requested, Synchronous};
+
+use crate::{err, instance, Res};
+
+const INSTANCES: usize = 1_000;
+const ACTIONS: usize = 20_000;
+
+pub fn database_size(work: &Path, table: &mut String) -> Res<()> {
+    eprintln!("measuring the database's size per action ...");
+    let path = work.join("size.db");
+    let db = Database::new(&path, Synchronous::Normal);
+    let mut store = db.open().map_err(err("size database"))?;
+    let owner = "size-owner".to_string();
+    let new: Vec<_> = (0..INSTANCES)
+        .map(|i| {
+            let vms = (0..3).map(|v| format!("vm-{i}-{v}")).collect();
+            instance(format!("cluster-{i}"), owner.clone(), vms, Status::Stopped)
+        })
+        .collect();
+    let ids = store.add_instances(&new).map_err(err("instances"))?;
+    let before = file_size(&db, &mut store)?;
+    let token = "t".repeat(64);
+    let compute = "https://cyclades.okeanos.grnet.gr/compute/v2.0";
+    for n in 0..ACTIONS {
+        let id = &ids[n % INSTANCES];
+        let kind = if (n / INSTANCES).is_multiple_of(2) {
+            ActionKind::Start
+        } else {
+            ActionKind::Stop
+        };
+        let seen = store.seen(id, &owner).map_err(err("seen"))?;
+        match store
+            .request_action(seen.as_ref(), id, &owner, kind, &token, (compute, None))
+            .map_err(err("request"))?
+        {
+            Requested::Created(_) => {}
+            other => return Err(format!("action {n}: {other:?}")),
+        }
+        let job = store
+            .claim_due(Duration::from_secs(60), true)
+            .map_err(err("claim"))?
+            .ok_or("nothing to claim")?;
+        let steps: Vec<NewStep> = job
+            .vms
+            .iter()
+            .flat_map(|vm| {
+                [("start", "sent"), ("status", "ACTIVE")].map(|(op, result)| NewStep {
+                    vm: vm.vm.clone(),
+                    op: op.into(),
+                    result: result.into(),
+                })
+            })
+            .collect();
+        store.finish(&job, None, &steps).map_err(err("finish"))?;
+    }
+    let after = file_size(&db, &mut store)?;
+    let per_action = (after - before) as f64 / ACTIONS as f64;
+    let _ = writeln!(
+        table,
+        "| database size per ended action (3 VMs, 6 steps; {ACTIONS} actions) | | {per_action:.0} bytes = {:.0} MiB per million | | | | | |",
+        per_action * 1e6 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+/// The file's size once the write-ahead log is folded into it.
+fn file_size(db: &Database, store: &mut lambda_api::store::Store) -> Res<u64> {
+    store.truncate_wal().map_err(err("checkpoint"))?;
+    Ok(std::fs::metadata(db.path()).map_err(err("size"))?.len())
+}
