@@ -8,6 +8,9 @@ RUN_DIR   ?= run
 SIM_DELAY ?= 2000
 RELEASE   := target/release
 
+# The allocator settings the packaged unit runs the service with (see config/deb/lambda-api.service).
+TUNABLES  := $(shell sed -n 's/^Environment=GLIBC_TUNABLES=//p' config/deb/lambda-api.service)
+
 # The demo cluster of config/okeanos-sim.json.
 DEMO_USER   := 1e9b2a3c-5d4f-4e6a-8b7c-9d0e1f2a3b4c
 DEMO_TOKEN  := demo-token-tJ3b3f32f23ceuqdoS
@@ -39,7 +42,7 @@ run: release ## run the simulator and the service on loopback with a fresh demo 
 	@echo "   'http://$(LISTEN)/api/lambda-instances/$$(cat $(RUN_DIR)/instance-id)/'"
 	@echo
 	@trap 'kill $$(cat $(RUN_DIR)/okeanos-sim.pid $(RUN_DIR)/lambda-api.pid 2>/dev/null) 2>/dev/null' EXIT INT TERM; \
-	 LAMBDA_API_DATABASE=$(RUN_DIR)/lambda-api.db LAMBDA_API_LISTEN=$(LISTEN) \
+	 GLIBC_TUNABLES=$(TUNABLES) LAMBDA_API_DATABASE=$(RUN_DIR)/lambda-api.db LAMBDA_API_LISTEN=$(LISTEN) \
 	 LAMBDA_API_ASTAKOS_URL=http://$(SIM_ADDR)/identity/v2.0 LAMBDA_API_POLL_INTERVAL_MS=250 \
 	 $(RELEASE)/lambda-api serve --config config/lambda-api.toml & \
 	 echo $$! > $(RUN_DIR)/lambda-api.pid; wait $$!

@@ -241,9 +241,13 @@ fn serve(config: Config) -> Result<(), Error> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&listening),
     ]);
-    service.wait();
-    log::info!("stopped");
-    Ok(())
+    match service.wait() {
+        None => {
+            log::info!("stopped");
+            Ok(())
+        }
+        Some(why) => Err(Error::Restart(why)),
+    }
 }
 
 /// Tells systemd (when it started the service with NOTIFY_SOCKET) how the service stands;

@@ -25,6 +25,8 @@ pub enum Error {
     },
     /// The signal handlers could not be installed.
     Signals(std::io::Error),
+    /// The service stopped itself to be started again by its supervisor; the reason.
+    Restart(String),
 }
 
 impl Error {
@@ -46,6 +48,7 @@ impl fmt::Display for Error {
             Error::Start(_) => write!(f, "cannot start the service"),
             Error::Spawn { thread, .. } => write!(f, "cannot start thread {thread}"),
             Error::Signals(_) => write!(f, "cannot handle signals"),
+            Error::Restart(why) => write!(f, "stopped to be started again: {why}"),
         }
     }
 }
@@ -53,7 +56,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Usage(_) | Error::NotFound(_) => None,
+            Error::Usage(_) | Error::NotFound(_) | Error::Restart(_) => None,
             Error::Config(e) => e.source(),
             Error::Store(e) => Some(e),
             Error::Start(e) => Some(e),

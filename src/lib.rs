@@ -121,10 +121,13 @@ impl Service {
         self.shutdown.clone()
     }
 
-    /// Blocks until shutdown is triggered, then stops.
-    pub fn wait(self) {
+    /// Blocks until shutdown is triggered, then stops. Returns why the service asked to be
+    /// started again, if that is why it stopped.
+    pub fn wait(self) -> Option<String> {
         let _ = self.shutdown.receiver().recv();
+        let restart = self.shutdown.restart_reason();
         self.stop();
+        restart
     }
 
     /// Stops taking requests (answering those already read), gives running actions

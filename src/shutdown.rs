@@ -11,6 +11,8 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvErro
 pub struct Shutdown {
     trigger: Mutex<Option<Sender<()>>>,
     signal: Receiver<()>,
+    /// Why the service asked to be started again, if it did.
+    restart: Mutex<Option<String>>,
 }
 
 impl Default for Shutdown {
@@ -19,6 +21,7 @@ impl Default for Shutdown {
         Shutdown {
             trigger: Mutex::new(Some(tx)),
             signal: rx,
+            restart: Mutex::new(None),
         }
     }
 }
@@ -26,6 +29,18 @@ impl Default for Shutdown {
 impl Shutdown {
     pub fn trigger(&self) {
         lock(&self.trigger).take();
+    }
+
+    /// Stops the service as [`Shutdown::trigger`] does, saying that it should be started
+    /// again (by its supervisor) and why. The first reason is kept.
+    pub fn restart(&self, why: String) {
+        lock(&self.restart).get_or_insert(why);
+        self.trigger();
+    }
+
+    /// Why a restart was asked for, if one was.
+    pub fn restart_reason(&self) -> Option<String> {
+        lock(&self.restart).clone()
     }
 
     pub fn is_triggered(&self) -> bool {

@@ -6,6 +6,8 @@
 //!
 //! Run with `make test-hostile`, which installs nginx when it is missing.
 
+#[path = "hostile/bodies.rs"]
+mod bodies;
 mod support;
 
 use std::io::{Read, Write};
@@ -17,76 +19,6 @@ use support::front::*;
 use support::*;
 
 const FORM: &str = "application/x-www-form-urlencoded";
-
-/// Absurd Content-Length values. The service answers 413 when it can drain safely and
-/// abandons the connection when it cannot; nginx always answers 413 (400 for a length it
-/// cannot parse).
-fn absurd_length(length: &str) {
-    Front::case(&format!("Content-Length {length}"), |f| {
-        let bytes = format!("{}abc", post_head(f, FORM, length, ""));
-        let (direct, _) = exchange(
-            f.direct,
-            bytes.as_bytes(),
-            usize::MAX,
-            Duration::ZERO,
-            Duration::from_secs(1),
-        );
-        assert!(
-            direct.is_none() || direct == Some(413),
-            "direct: {direct:?}"
-        );
-        let proxied = send(f.proxied, bytes.as_bytes()).0;
-        assert!(
-            matches!(proxied, Some(400 | 413)),
-            "through nginx: {proxied:?}"
-        );
-    });
-}
-
-#[test]
-fn content_length_of_2_to_the_64_minus_1() {
-    absurd_length("18446744073709551615");
-}
-
-#[test]
-fn content_length_of_10_to_the_12() {
-    absurd_length("1000000000000");
-}
-
-#[test]
-fn content_length_of_4_gigabytes_with_3_bytes_sent() {
-    absurd_length("4000000000");
-}
-
-#[test]
-fn a_10_mb_body() {
-    Front::case("a 10 MB body", |f| {
-        let mut bytes = post_head(f, FORM, "10000000", "").into_bytes();
-        bytes.extend(std::iter::repeat_n(b'a', 10_000_000));
-        assert_eq!(send(f.direct, &bytes).0, Some(413));
-        assert_eq!(send(f.proxied, &bytes).0, Some(413));
-    });
-}
-
-#[test]
-fn a_chunked_body_over_the_cap() {
-    Front::case("a chunked body over the cap", |f| {
-        let mut bytes = format!(
-        "POST /api/lambda-instances/{}/ HTTP/1.1\r\nHost: x\r\nAuthorization: Token {TOKEN}\r\n\
-         Content-Type: {FORM}\r\nTransfer-Encoding: chunked\r\n\r\n",
-        f.instance
-    )
-        .into_bytes();
-        for _ in 0..16 {
-            bytes.extend_from_slice(b"1000\r\n");
-            bytes.extend(std::iter::repeat_n(b'a', 0x1000));
-            bytes.extend_from_slice(b"\r\n");
-        }
-        bytes.extend_from_slice(b"0\r\n\r\n");
-        assert_eq!(send(f.direct, &bytes).0, Some(413));
-        assert_eq!(send(f.proxied, &bytes).0, Some(413));
-    });
-}
 
 #[test]
 fn a_100_kb_header_line_and_10_000_headers() {
@@ -491,35 +423,5 @@ fn ambiguous_framings_and_fields_are_400() {
         }
         let twice = start("Content-Length: 24\r\n", "action=start&action=stop");
         assert_eq!(send(f.direct, twice.as_bytes()).0, Some(400));
-    });
-}
-
-/// 72 connections each send a head that is refused before its body is read (here a 415),
-/// declaring a 2 000-byte body they never send: each is answered and holds a drainer,
-/// never a handler, and /healthz stays fast. (A head that is accepted has its body read by
-/// the handler, which then waits for the client: that case is still open.)
-#[test]
-fn refused_bodies_never_sent_hold_no_handler() {
-    Front::case("72 refused bodies never sent", |f| {
-        let head = post_head(f, "text/plain", "2000", "");
-        let held: Vec<(TcpStream, Option<u16>)> = (0..72)
-            .map(|_| {
-                let mut s = TcpStream::connect(f.direct).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                s.write_all(head.as_bytes()).unwrap();
-                let mut buf = [0u8; 512];
-                let n = s.read(&mut buf).unwrap_or(0);
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok());
-                (s, status)
-            })
-            .collect();
-        // Each was answered without its body being read first.
-        for (_, status) in &held {
-            assert_eq!(*status, Some(415), "a request got no answer in time");
-        }
-        let ms = f.healthz_ms();
-        assert!(ms < 200, "/healthz took {ms} ms with 72 bodies pending");
-        drop(held);
     });
 }

@@ -14,6 +14,7 @@ mod tiny;
 use std::fmt;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Database, Store, StoreError};
 use crate::worker::eta::Eta;
-use reply::ApiError;
+use reply::{ApiError, Reply};
 use request::{loggable, Head, MAX_LOGGED, MAX_LOGGED_METHOD};
 use tiny::{Exchange, Sent};
 
@@ -101,17 +102,23 @@ impl HttpServer {
             reason,
         })?;
         let server = Arc::new(server);
+        let shared = Arc::new(Handlers {
+            app,
+            database: database.clone(),
+            shutdown: shutdown.clone(),
+            body_threads: AtomicUsize::new(0),
+        });
         let mut handles = Vec::with_capacity(threads);
         for n in 0..threads {
             let mut store = database.open().map_err(StartError::Store)?;
-            let (server, app, shutdown) = (server.clone(), app.clone(), shutdown.clone());
+            let (server, shared, shutdown) = (server.clone(), shared.clone(), shutdown.clone());
             let name = format!("http-{n}");
             let handle = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
                     while !shutdown.is_triggered() {
                         match server.recv(ACCEPT_TICK) {
-                            Ok(Some(exchange)) => serve_one(&app, &mut store, exchange),
+                            Ok(Some(exchange)) => serve_one(&shared, &mut store, exchange),
                             Ok(None) => {}
                             Err(e) => {
                                 error!("accepting a request: {e}");
@@ -121,7 +128,7 @@ impl HttpServer {
                     }
                     // Requests already read when shutdown came are answered, not dropped.
                     while let Some(exchange) = server.try_recv() {
-                        serve_one(&app, &mut store, exchange);
+                        serve_one(&shared, &mut store, exchange);
                     }
                 })
                 .map_err(|source| StartError::Thread {
@@ -175,43 +182,165 @@ fn new_request_id() -> String {
         .to_string()
 }
 
-fn serve_one(app: &App, store: &mut Store, mut exchange: Exchange) {
+/// What the handler threads and the body threads share.
+struct Handlers {
+    app: Arc<App>,
+    /// For the body threads' own connections.
+    database: Database,
+    shutdown: Arc<Shutdown>,
+    /// Body threads running now.
+    body_threads: AtomicUsize,
+}
+
+/// Requests waiting for their bodies on threads of their own, at most; past that, 503.
+const MAX_BODY_THREADS: usize = 64;
+
+/// Answers one request. A request whose body is still on the socket is handed to a body
+/// thread, so that no handler ever waits for a client: a client that sends a head and then
+/// nothing holds a body thread, not one of the `http_threads`.
+fn serve_one(shared: &Arc<Handlers>, store: &mut Store, exchange: Exchange) {
     let started = Instant::now();
-    let too_large = exchange.head_too_large();
-    let upgrade = exchange.upgrade_requested();
-    let framing = exchange.framing_error();
-    let refused = too_large || upgrade || framing.is_some();
-    let overloaded = !refused && overloaded(app, &exchange);
-    let (head, mut body) = exchange.parts();
-    let id = request_id(head);
-    let (reply, route, user) = if too_large {
-        let e = ApiError::HeadTooLarge(tiny::MAX_HEAD_BYTES);
-        (e.reply(), "too_large", None)
-    } else if upgrade {
+    let id = request_id(exchange.head());
+    if let Some((reply, route)) = refusal(&shared.app, &exchange) {
+        // Refused before routing, the connection ends: a head too large is not worth
+        // reading another of, and an overloaded service sheds the connection too.
+        let served = Served {
+            reply,
+            route,
+            user: None,
+        };
+        return finish(shared, exchange, started, &id, served, true);
+    }
+    if exchange.body_on_socket() {
+        return hand_off(shared, exchange, started, id);
+    }
+    route_and_finish(shared, store, exchange, started, &id);
+}
+
+/// The reply to a request, and what it is counted and logged as.
+struct Served {
+    reply: Reply,
+    route: &'static str,
+    user: Option<String>,
+}
+
+/// The answer to a request refused on its head alone, if it is.
+fn refusal(app: &App, exchange: &Exchange) -> Option<(Reply, &'static str)> {
+    let refused = if exchange.head_too_large() {
+        (ApiError::HeadTooLarge(tiny::MAX_HEAD_BYTES), "too_large")
+    } else if exchange.upgrade_requested() {
         let e = ApiError::BadRequest("This API has no protocol upgrade.".into());
-        (e.reply(), "upgrade", None)
-    } else if let Some(why) = framing {
-        (ApiError::BadRequest(why.into()).reply(), "framing", None)
-    } else if overloaded {
+        (e, "upgrade")
+    } else if let Some(why) = exchange.framing_error() {
+        (ApiError::BadRequest(why.into()), "framing")
+    } else if overloaded(app, exchange) {
         let e = ApiError::Unavailable("Too many connections; try again later.".into());
-        (e.reply(), "overload", None)
+        (e, "overload")
     } else {
-        match catch_unwind(AssertUnwindSafe(|| {
-            routes::handle(app, store, head, &mut body)
-        })) {
-            Ok(h) => (h.reply, h.route, h.user),
-            Err(_) => {
-                error!(
-                    "request {id}: {} {}: handler panicked",
-                    loggable(&head.method, MAX_LOGGED_METHOD),
-                    loggable(&head.path, MAX_LOGGED)
-                );
-                (ApiError::Internal.reply(), "unknown", None)
+        return None;
+    };
+    Some((refused.0.reply(), refused.1))
+}
+
+fn route_and_finish(
+    shared: &Handlers,
+    store: &mut Store,
+    mut exchange: Exchange,
+    started: Instant,
+    id: &str,
+) {
+    let (head, mut body) = exchange.parts();
+    let served = match catch_unwind(AssertUnwindSafe(|| {
+        routes::handle(&shared.app, store, head, &mut body)
+    })) {
+        Ok(h) => Served {
+            reply: h.reply,
+            route: h.route,
+            user: h.user,
+        },
+        Err(_) => {
+            error!(
+                "request {id}: {} {}: handler panicked",
+                loggable(&head.method, MAX_LOGGED_METHOD),
+                loggable(&head.path, MAX_LOGGED)
+            );
+            Served {
+                reply: ApiError::Internal.reply(),
+                route: "unknown",
+                user: None,
             }
         }
     };
-    let status = reply.status;
-    app.metrics.request(route, status, started.elapsed());
+    finish(shared, exchange, started, id, served, false);
+}
+
+/// Runs a request whose body is still on the socket on a body thread of its own, with its
+/// own database connection; past [`MAX_BODY_THREADS`], answers 503 at once.
+fn hand_off(shared: &Arc<Handlers>, exchange: Exchange, started: Instant, id: String) {
+    if shared.body_threads.fetch_add(1, Ordering::SeqCst) >= MAX_BODY_THREADS {
+        shared.body_threads.fetch_sub(1, Ordering::SeqCst);
+        let e = ApiError::Unavailable(
+            "Too many requests are waiting for their bodies; try again later.".into(),
+        );
+        let served = Served {
+            reply: e.reply(),
+            route: "body_wait",
+            user: None,
+        };
+        return finish(shared, exchange, started, &id, served, true);
+    }
+    // Through a channel, so that the exchange comes back if the thread cannot start.
+    let (tx, rx) = crossbeam_channel::bounded::<Exchange>(1);
+    let _ = tx.send(exchange);
+    let mine = shared.clone();
+    let on_thread = rx.clone();
+    let spawned = std::thread::Builder::new()
+        .name("body".into())
+        .spawn(move || {
+            if let Ok(exchange) = on_thread.try_recv() {
+                match mine.database.open() {
+                    Ok(mut store) => route_and_finish(&mine, &mut store, exchange, started, &id),
+                    Err(e) => {
+                        let served = Served {
+                            reply: ApiError::from(e).reply(),
+                            route: "unknown",
+                            user: None,
+                        };
+                        finish(&mine, exchange, started, &id, served, true);
+                    }
+                }
+            }
+            mine.body_threads.fetch_sub(1, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        shared.body_threads.fetch_sub(1, Ordering::SeqCst);
+        error!("starting a body thread: {e}");
+        if let Ok(exchange) = rx.try_recv() {
+            let served = Served {
+                reply: ApiError::Unavailable("The service is short of threads.".into()).reply(),
+                route: "body_wait",
+                user: None,
+            };
+            finish(shared, exchange, started, "-", served, true);
+        }
+    }
+}
+
+/// Counts, logs and writes a reply. `close` ends the connection.
+fn finish(
+    shared: &Handlers,
+    exchange: Exchange,
+    started: Instant,
+    id: &str,
+    served: Served,
+    close: bool,
+) {
+    let head = exchange.head();
+    let status = served.reply.status;
+    shared
+        .app
+        .metrics
+        .request(served.route, status, started.elapsed());
     info!(
         "{} {} {} {:.1}ms id={} route={} user={}",
         loggable(&head.method, MAX_LOGGED_METHOD),
@@ -219,14 +348,18 @@ fn serve_one(app: &App, store: &mut Store, mut exchange: Exchange) {
         status,
         started.elapsed().as_secs_f64() * 1000.0,
         id,
-        route,
-        user.as_deref().unwrap_or("-")
+        served.route,
+        served.user.as_deref().unwrap_or("-")
     );
-    let reply = reply.with_header("X-Request-Id", id);
-    // An overloaded service also sheds the connection of a client it turns away, and a head
-    // too large is not worth reading another of.
-    if exchange.respond(reply, refused || overloaded) == Sent::Abandoned {
-        app.metrics.abandoned_connection();
+    let reply = served.reply.with_header("X-Request-Id", id);
+    if let Sent::Abandoned { held } = exchange.respond(reply, close) {
+        shared.app.metrics.abandoned_connection();
+        if held >= tiny::MAX_ABANDONED {
+            shared.shutdown.restart(format!(
+                "{held} connections were abandoned with bodies that cannot be drained (see \
+                 the threat model); only a new process lets them go"
+            ));
+        }
     }
 }
 

@@ -43,13 +43,30 @@ pub fn nginx_binary() -> String {
     panic!("nginx is not installed: run `make test-hostile`, which installs it");
 }
 
+/// The allocator settings the packaged unit gives the service (its `GLIBC_TUNABLES` line).
+pub fn glibc_tunables() -> String {
+    let unit = include_str!("../../config/deb/lambda-api.service");
+    unit.lines()
+        .find_map(|l| l.strip_prefix("Environment=GLIBC_TUNABLES="))
+        .expect("the unit sets GLIBC_TUNABLES")
+        .to_string()
+}
+
 impl Front {
     pub fn start() -> Front {
+        Front::start_with(&[])
+    }
+
+    /// A front whose service also gets `extra` environment variables.
+    pub fn start_with(extra: &[(&str, &str)]) -> Front {
         let sim = start_sim(Duration::from_millis(30));
         let dir = tempfile::tempdir().unwrap();
         let astakos = sim.astakos_url();
+        let tunables = glibc_tunables();
         let mut env = sim_env(&astakos, "10");
         env.push(("RUST_LOG", "warn"));
+        env.push(("GLIBC_TUNABLES", &tunables));
+        env.extend_from_slice(extra);
         let instance = add_demo_instance(dir.path(), &env);
         let service = Served::start(dir.path(), &env);
         let direct: SocketAddr = service.base.trim_start_matches("http://").parse().unwrap();
@@ -143,6 +160,19 @@ impl Front {
         (field("Threads:"), field("VmRSS:"))
     }
 
+    /// How many of the service's threads have this name.
+    pub fn threads_named(&self, name: &str) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .map(|tasks| {
+                tasks
+                    .filter_map(Result::ok)
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                    .filter(|comm| comm.trim_end() == name)
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// Waits until the service has taken new connections in: its thread count has grown (one
     /// per connection tiny_http is serving) and then held still for 200 ms. tiny_http may
     /// queue some connections rather than give each a thread, so no exact count is waited for.
@@ -175,7 +205,12 @@ impl Front {
     /// the service is alive and fast, its threads and memory are back near where they were,
     /// and no hostile request created an action.
     pub fn case(name: &str, run: impl FnOnce(&Front)) {
-        let mut f = Front::start();
+        Front::case_with(name, &[], run);
+    }
+
+    /// As [`Front::case`], with `extra` environment variables for the service.
+    pub fn case_with(name: &str, extra: &[(&str, &str)], run: impl FnOnce(&Front)) {
+        let mut f = Front::start_with(extra);
         let baseline = f.threads_and_rss();
         run(&f);
         f.check_after(name, baseline);

@@ -46,6 +46,8 @@ const MAX_DRAIN: u64 = 16 << 20;
 const MAX_DRAINERS: usize = 1024;
 /// One response in this many asks its client to close the connection.
 const CLOSE_EVERY: u64 = 1000;
+/// Abandoned connections a server holds before the service restarts to let them go.
+pub const MAX_ABANDONED: usize = 256;
 
 /// A listening tiny_http server and what the service keeps about it.
 pub struct Server {
@@ -56,6 +58,9 @@ pub struct Server {
     drainers: Arc<AtomicUsize>,
     /// Responses written, for the keep-alive policy.
     responses: AtomicU64,
+    /// Connections abandoned (see [`abandon`]): held, with their thread, until the process
+    /// ends.
+    abandoned: AtomicUsize,
 }
 
 /// How a response left.
@@ -64,8 +69,8 @@ pub enum Sent {
     /// Written (or the client was gone).
     Written,
     /// Not written: the request declared a body too large to drain, and its connection is
-    /// left to its client.
-    Abandoned,
+    /// held until the process ends; `held` such connections are now.
+    Abandoned { held: usize },
 }
 
 impl Server {
@@ -90,6 +95,7 @@ impl Server {
             connections,
             drainers: Arc::default(),
             responses: AtomicU64::new(0),
+            abandoned: AtomicUsize::new(0),
         })
     }
 
@@ -99,20 +105,20 @@ impl Server {
     }
 
     /// The next request, waiting at most `timeout`.
-    pub fn recv(&self, timeout: Duration) -> std::io::Result<Option<Exchange<'_>>> {
+    pub fn recv(self: &Arc<Self>, timeout: Duration) -> std::io::Result<Option<Exchange>> {
         Ok(self
             .inner
             .recv_timeout(timeout)?
-            .map(|r| Exchange::new(self, r)))
+            .map(|r| Exchange::new(self.clone(), r)))
     }
 
     /// A request already read, if any.
-    pub fn try_recv(&self) -> Option<Exchange<'_>> {
+    pub fn try_recv(self: &Arc<Self>) -> Option<Exchange> {
         self.inner
             .try_recv()
             .ok()
             .flatten()
-            .map(|r| Exchange::new(self, r))
+            .map(|r| Exchange::new(self.clone(), r))
     }
 
     /// Wakes every thread waiting in [`Server::recv`].
@@ -121,9 +127,29 @@ impl Server {
     }
 
     /// Connections open to this server now (counted at most 250 ms ago), or None where they
-    /// cannot be counted.
+    /// cannot be counted. Abandoned connections are left out: they stay in the kernel's table
+    /// for good, and counting them would turn everybody away once enough were held.
     pub fn open_connections(&self) -> Option<usize> {
-        self.connections.open()
+        let abandoned = self.abandoned.load(Ordering::Relaxed);
+        self.connections.open().map(|n| n.saturating_sub(abandoned))
+    }
+
+    /// Leaves a request unanswered, its body unread and its connection open: the last resort
+    /// where draining would block a thread or abort the process. tiny_http 0.12 allocates a
+    /// request's whole unread `Content-Length` when the request is dropped (and so when its
+    /// body is read to an early end, or its connection shut): past the machine's memory that
+    /// aborts the process. So the request is never dropped, and its connection and
+    /// tiny_http's thread for it are held until the process ends. They are counted, and
+    /// [`MAX_ABANDONED`] of them make the service restart (see `http/mod.rs`).
+    fn abandon(&self, request: tiny_http::Request, head: &Head, why: &str) -> Sent {
+        let held = self.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
+        log::warn!(
+            "{} {}: abandoning the connection ({held} held): {why}",
+            loggable(&head.method, MAX_LOGGED_METHOD),
+            loggable(&head.path, MAX_LOGGED)
+        );
+        std::mem::forget(request);
+        Sent::Abandoned { held }
     }
 
     /// Counts a response; true if it is to ask the client to close. Ending a connection now
@@ -156,8 +182,8 @@ fn bind_unix(_: &str) -> Result<tiny_http::Server, String> {
 }
 
 /// One request and its answer.
-pub struct Exchange<'s> {
-    server: &'s Server,
+pub struct Exchange {
+    server: Arc<Server>,
     request: tiny_http::Request,
     head: Head,
     head_bytes: usize,
@@ -165,23 +191,35 @@ pub struct Exchange<'s> {
     touched: bool,
 }
 
-impl<'s> Exchange<'s> {
-    fn new(server: &'s Server, request: tiny_http::Request) -> Exchange<'s> {
-        let headers: Vec<(String, String)> = request
-            .headers()
-            .iter()
-            .map(|h| (h.field.as_str().to_string(), h.value.to_string()))
-            .collect();
+impl Exchange {
+    fn new(server: Arc<Server>, request: tiny_http::Request) -> Exchange {
         // As sent, give or take whitespace: the request line, each header line, the blank line.
         let head_bytes = request.method().as_str().len()
             + request.url().len()
             + 12
-            + headers
+            + request
+                .headers()
                 .iter()
-                .map(|(n, v)| n.len() + v.len() + 4)
+                .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
                 .sum::<usize>()
             + 2;
-        let head = Head::new(request.method().as_str(), request.url(), headers);
+        // A head over the limit is answered 431 from its method and a cut path: its headers
+        // and the rest of its URL are not copied (tiny_http's own copy is freed with it).
+        let head = if head_bytes > MAX_HEAD_BYTES {
+            let url = request.url();
+            let cut = url
+                .char_indices()
+                .nth(MAX_LOGGED + 1)
+                .map_or(url.len(), |(i, _)| i);
+            Head::new(request.method().as_str(), &url[..cut], Vec::new())
+        } else {
+            let headers = request
+                .headers()
+                .iter()
+                .map(|h| (h.field.as_str().to_string(), h.value.to_string()))
+                .collect();
+            Head::new(request.method().as_str(), request.url(), headers)
+        };
         Exchange {
             server,
             request,
@@ -189,6 +227,11 @@ impl<'s> Exchange<'s> {
             head_bytes,
             touched: false,
         }
+    }
+
+    /// The request's head.
+    pub fn head(&self) -> &Head {
+        &self.head
     }
 
     /// The head, and the body to read once the head is accepted.
@@ -236,6 +279,12 @@ impl<'s> Exchange<'s> {
         }
     }
 
+    /// Whether reading the body would wait on the client: a chunked body, or one tiny_http
+    /// did not read with the head (over 1 KiB, or sent only after `100 Continue`).
+    pub fn body_on_socket(&self) -> bool {
+        self.head.header("transfer-encoding").is_some() || unread_body(&self.head, false) > 0
+    }
+
     /// Whether the head is larger than [`MAX_HEAD_BYTES`].
     pub fn head_too_large(&self) -> bool {
         self.head_bytes > MAX_HEAD_BYTES
@@ -271,27 +320,15 @@ impl<'s> Exchange<'s> {
             n if n <= MAX_DRAIN => {
                 match drain_elsewhere(&server.drainers, request, into_response(reply)) {
                     None => Sent::Written,
-                    Some(request) => abandon(request, &head, "every drainer is busy"),
+                    Some(request) => server.abandon(request, &head, "every drainer is busy"),
                 }
             }
             // tiny_http would allocate all n bytes at once to drain them (and abort the
             // process when it cannot). The nginx front refuses such requests before they
             // get here.
-            n => abandon(request, &head, &format!("it declared a {n}-byte body")),
+            n => server.abandon(request, &head, &format!("it declared a {n}-byte body")),
         }
     }
-}
-
-/// Leaves a request unanswered, its body unread and its connection open until the client
-/// goes: the last resort where draining would block a thread or abort the process.
-fn abandon(request: tiny_http::Request, head: &Head, why: &str) -> Sent {
-    log::warn!(
-        "{} {}: abandoning the connection: {why}",
-        loggable(&head.method, MAX_LOGGED_METHOD),
-        loggable(&head.path, MAX_LOGGED)
-    );
-    std::mem::forget(request);
-    Sent::Abandoned
 }
 
 /// The body of an exchange, borrowed beside its head.
