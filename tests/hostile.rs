@@ -425,3 +425,56 @@ fn ambiguous_framings_and_fields_are_400() {
         assert_eq!(send(f.direct, twice.as_bytes()).0, Some(400));
     });
 }
+
+/// tiny_http 0.12 reads on after an answer that says `Connection: close`: what a client sends
+/// after it on the same connection (here a request smuggled after an ambiguous body) is
+/// refused, never served.
+#[test]
+fn nothing_is_served_after_a_closing_answer() {
+    Front::case("a request after a closing answer", |f| {
+        let smuggled = format!(
+            "POST /api/lambda-instances/{}/ HTTP/1.1\r\nHost: x\r\nAuthorization: Token {TOKEN}\r\n\
+             Content-Type: {FORM}\r\nContent-Length: 12\r\nContent-Length: 13\r\n\r\n\
+             action=startGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            f.instance
+        );
+        let mut s = TcpStream::connect(f.direct).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(smuggled.as_bytes()).unwrap();
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(
+            !text.contains("HTTP/1.1 200"),
+            "the smuggled request was served: {text}"
+        );
+        assert!(text.contains("closed by the server"), "{text}");
+    });
+}
+
+/// An HTTP/1.0 request that expects `100 Continue` is refused with 417: tiny_http 0.12 would
+/// send an HTTP/1.0 client a 1xx answer when the body is read.
+#[test]
+fn http_1_0_expecting_continue_gets_417() {
+    Front::case("HTTP/1.0 with Expect: 100-continue", |f| {
+        let request = format!(
+            "POST /api/lambda-instances/{}/ HTTP/1.0\r\nAuthorization: Token {TOKEN}\r\n\
+             Content-Type: {FORM}\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\naction=nope",
+            f.instance
+        );
+        let (status, text) = send(f.direct, request.as_bytes());
+        assert_eq!(status, Some(417), "{text}");
+        assert!(!text.contains(" 100 Continue\r\n"), "{text}");
+        // nginx answers the expectation itself and passes on a plain request.
+        let (status, text) = send(f.proxied, request.as_bytes());
+        assert_eq!(status, Some(400), "{text}");
+        assert!(!text.contains(" 100 Continue\r\n"), "{text}");
+    });
+}

@@ -226,13 +226,23 @@ struct Served {
 
 /// The answer to a request refused on its head alone, if it is.
 fn refusal(app: &App, exchange: &Exchange) -> Option<(Reply, &'static str)> {
-    let refused = if exchange.head_too_large() {
+    let refused = if exchange.on_closed_connection() {
+        (
+            ApiError::BadRequest(tiny::CLOSED_CONNECTION.into()),
+            "closed",
+        )
+    } else if exchange.head_too_large() {
         (ApiError::HeadTooLarge(tiny::MAX_HEAD_BYTES), "too_large")
     } else if exchange.upgrade_requested() {
         let e = ApiError::BadRequest("This API has no protocol upgrade.".into());
         (e, "upgrade")
     } else if let Some(why) = exchange.framing_error() {
         (ApiError::BadRequest(why.into()), "framing")
+    } else if exchange.expects_continue_over_http_1_0() {
+        let e = ApiError::ExpectationFailed(
+            "An HTTP/1.0 request cannot expect 100 Continue; send it without Expect.".into(),
+        );
+        (e, "expect")
     } else if overloaded(app, exchange) {
         let e = ApiError::Unavailable("Too many connections; try again later.".into());
         (e, "overload")

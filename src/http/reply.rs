@@ -72,6 +72,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     /// 415: a body of a type the action call does not read.
     UnsupportedMediaType(String),
+    /// 417: an expectation the service cannot meet (`100-continue` over HTTP/1.0).
+    ExpectationFailed(String),
     /// 422: an `Idempotency-Key` reused for a different request.
     Unprocessable(String),
     /// 429: the caller has too many of something (Idempotency-Keys) for now.
@@ -95,6 +97,7 @@ impl ApiError {
             ApiError::LengthRequired => 411,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::ExpectationFailed(_) => 417,
             ApiError::Unprocessable(_) => 422,
             ApiError::TooManyRequests(_) => 429,
             ApiError::HeadTooLarge(_) => 431,
@@ -122,6 +125,7 @@ impl ApiError {
                 "payload_too_large",
             ),
             ApiError::UnsupportedMediaType(m) => (m.clone(), "unsupported_media_type"),
+            ApiError::ExpectationFailed(m) => (m.clone(), "expectation_failed"),
             ApiError::Unprocessable(m) => (m.clone(), "idempotency_key_reused"),
             ApiError::TooManyRequests(m) => (m.clone(), "too_many_requests"),
             ApiError::HeadTooLarge(max) => (

@@ -2,9 +2,13 @@
 //! cannot tell (`num_connections()` panics), and counting threads would count every thread
 //! of the process.
 
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::sync::lock;
 
 /// How often the count is taken again. Reading the tables takes milliseconds (the kernel
 /// walks every socket of the host), so a thread of its own reads them and requests read its
@@ -25,12 +29,23 @@ pub(super) enum Source {
 
 /// A server's open connections. A connection counts while it is established, or closed by
 /// its client but not yet by the service (`CLOSE_WAIT`): both hold a socket, and usually a
-/// thread.
+/// thread. Also the TCP connections the service has told to close: tiny_http 0.12 cannot
+/// close a connection from the server's side, so nothing more is served on them, until the
+/// kernel's table no longer lists them.
 pub(super) struct Connections {
     last: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     /// Why they cannot be counted here, if they cannot.
     cannot: Option<String>,
+    /// Peers of connections told to close that are still open.
+    closed: Arc<Mutex<HashSet<SocketAddr>>>,
+}
+
+/// What one reading of the kernel's table found.
+struct Survey {
+    open: usize,
+    /// The open connections' peers, for TCP.
+    peers: Option<HashSet<SocketAddr>>,
 }
 
 impl Connections {
@@ -38,29 +53,41 @@ impl Connections {
     pub(super) fn start(source: Option<Source>) -> Connections {
         let last = Arc::new(AtomicUsize::new(UNKNOWN));
         let stop = Arc::new(AtomicBool::new(false));
-        let cannot = match &source {
+        let closed = Arc::new(Mutex::new(HashSet::new()));
+        let mut cannot = match &source {
             None => Some("the listening address is neither TCP nor a Unix socket".into()),
-            Some(source) => count(source)
-                .map(|n| last.store(n, Ordering::Relaxed))
+            Some(source) => survey(source)
+                .map(|s| last.store(s.open, Ordering::Relaxed))
                 .err()
                 .map(|e| format!("cannot read /proc/self/net: {e}")),
         };
         if let (None, Some(source)) = (&cannot, source) {
-            let (last, stop) = (last.clone(), stop.clone());
+            let (last, stop, closed) = (last.clone(), stop.clone(), closed.clone());
             let spawned = std::thread::Builder::new()
                 .name("connections".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(COUNT_EVERY);
-                        let n = count(&source).unwrap_or(UNKNOWN);
-                        last.store(n, Ordering::Relaxed);
+                        let Ok(found) = survey(&source) else {
+                            last.store(UNKNOWN, Ordering::Relaxed);
+                            continue;
+                        };
+                        last.store(found.open, Ordering::Relaxed);
+                        if let Some(peers) = found.peers {
+                            lock(&closed).retain(|p| peers.contains(p));
+                        }
                     }
                 });
             if let Err(e) = spawned {
-                log::warn!("connections are counted once only: no thread for it: {e}");
+                cannot = Some(format!("no thread to count them: {e}"));
             }
         }
-        Connections { last, stop, cannot }
+        Connections {
+            last,
+            stop,
+            cannot,
+            closed,
+        }
     }
 
     /// Why connections cannot be counted here, if they cannot.
@@ -72,6 +99,19 @@ impl Connections {
     pub(super) fn open(&self) -> Option<usize> {
         Some(self.last.load(Ordering::Relaxed)).filter(|n| *n != UNKNOWN)
     }
+
+    /// Notes that the connection from `peer` was told to close (where connections are
+    /// followed: else nothing would ever forget it).
+    pub(super) fn told_to_close(&self, peer: SocketAddr) {
+        if self.cannot.is_none() {
+            lock(&self.closed).insert(peer);
+        }
+    }
+
+    /// Whether the connection from `peer` was told to close and is still open.
+    pub(super) fn was_told_to_close(&self, peer: &SocketAddr) -> bool {
+        lock(&self.closed).contains(peer)
+    }
 }
 
 impl Drop for Connections {
@@ -80,38 +120,62 @@ impl Drop for Connections {
     }
 }
 
-fn count(source: &Source) -> std::io::Result<usize> {
+fn survey(source: &Source) -> std::io::Result<Survey> {
     match source {
         Source::Tcp(port) => {
             let v4 = std::fs::read_to_string("/proc/self/net/tcp")?;
             // A kernel without IPv6 has no tcp6 table.
             let v6 = std::fs::read_to_string("/proc/self/net/tcp6").unwrap_or_default();
-            Ok(tcp_connections(&v4, *port) + tcp_connections(&v6, *port))
+            let peers: Vec<SocketAddr> =
+                tcp_peers(&v4, *port).chain(tcp_peers(&v6, *port)).collect();
+            Ok(Survey {
+                open: peers.len(),
+                peers: Some(peers.into_iter().collect()),
+            })
         }
-        Source::Unix(path) => Ok(unix_connections(
-            &std::fs::read_to_string("/proc/self/net/unix")?,
-            path,
-        )),
+        Source::Unix(path) => Ok(Survey {
+            open: unix_connections(&std::fs::read_to_string("/proc/self/net/unix")?, path),
+            peers: None,
+        }),
     }
 }
 
-/// Lines of a `/proc/net/tcp` table whose local port is `port` and whose state is
-/// ESTABLISHED (01) or CLOSE_WAIT (08).
-fn tcp_connections(table: &str, port: u16) -> usize {
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1).unwrap_or("");
-            let state = fields.nth(1).unwrap_or("");
-            let local_port = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            local_port == Some(port) && matches!(state, "01" | "08")
-        })
-        .count()
+/// The peers of the lines of a `/proc/net/tcp` table whose local port is `port` and whose
+/// state is ESTABLISHED (01) or CLOSE_WAIT (08).
+fn tcp_peers(table: &str, port: u16) -> impl Iterator<Item = SocketAddr> + '_ {
+    table.lines().skip(1).filter_map(move |line| {
+        let mut fields = line.split_whitespace();
+        let local = endpoint(fields.nth(1)?)?;
+        let remote = endpoint(fields.next()?)?;
+        let state = fields.next()?;
+        (local.port() == port && matches!(state, "01" | "08")).then_some(remote)
+    })
+}
+
+/// An address as `/proc/net/tcp` and `tcp6` write it: the IP as 32-bit words in the
+/// machine's byte order, then the port, all in hex.
+fn endpoint(hex: &str) -> Option<SocketAddr> {
+    let (ip, port) = hex.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    let ip = match ip.len() {
+        8 => IpAddr::from(word(0)?),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::from(bytes)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// Lines of `/proc/net/unix` for sockets bound to `path` and connected (state 03): the
@@ -143,9 +207,19 @@ mod tests {
     fn tcp_counts_open_connections_on_the_port_only() {
         // Port 0x1F90 is 8080: one established, one closed by its client; the listener, a
         // TIME_WAIT and the client side of a loopback connection do not count.
-        assert_eq!(tcp_connections(TCP, 8080), 2);
-        assert_eq!(tcp_connections(TCP, 8081), 0);
-        assert_eq!(tcp_connections("", 8080), 0);
+        let peers: Vec<SocketAddr> = tcp_peers(TCP, 8080).collect();
+        let local = std::net::Ipv4Addr::LOCALHOST;
+        assert_eq!(
+            peers,
+            [
+                SocketAddr::from((local, 0xD2B4)),
+                SocketAddr::from((local, 0xD2B6))
+            ]
+        );
+        assert_eq!(tcp_peers(TCP, 8081).count(), 0);
+        assert_eq!(tcp_peers("", 8080).count(), 0);
+        let v6 = endpoint("0000000000000000FFFF00000100007F:1F90").unwrap();
+        assert_eq!(v6, "[::ffff:127.0.0.1]:8080".parse().unwrap());
     }
 
     #[test]
@@ -157,6 +231,29 @@ mod tests {
 0000000000000000: 00000003 00000000 00000000 0001 03 2004 /run/other.sock
 ";
         assert_eq!(unix_connections(table, "/run/lambda-api.sock"), 1);
+    }
+
+    /// A connection told to close is remembered while it is open, and forgotten within a
+    /// survey once it has closed.
+    #[test]
+    fn a_connection_told_to_close_is_forgotten_once_closed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let connections =
+            Connections::start(Some(Source::Tcp(listener.local_addr().unwrap().port())));
+        if connections.cannot_count().is_some() {
+            return; // Not Linux: nothing is remembered, as nothing could be forgotten.
+        }
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (served, peer) = listener.accept().unwrap();
+        connections.told_to_close(peer);
+        std::thread::sleep(COUNT_EVERY * 2);
+        assert!(connections.was_told_to_close(&peer), "forgotten while open");
+        drop((client, served));
+        let started = std::time::Instant::now();
+        while connections.was_told_to_close(&peer) {
+            assert!(started.elapsed() < COUNT_EVERY * 8, "never forgotten");
+            std::thread::sleep(COUNT_EVERY / 5);
+        }
     }
 
     /// The count follows a real connection to a real listener, and only that listener's.
@@ -172,9 +269,11 @@ mod tests {
             return; // Not Linux: the cap is off, and start-up says so.
         }
         // The kernel lists a connection as soon as it is made, accepted or not.
-        let before = count(&source).unwrap();
-        let _a = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let before = survey(&source).unwrap();
+        let a = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let _b = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
-        assert_eq!(count(&source).unwrap(), before + 1);
+        let after = survey(&source).unwrap();
+        assert_eq!(after.open, before.open + 1);
+        assert!(after.peers.unwrap().contains(&a.local_addr().unwrap()));
     }
 }

@@ -16,13 +16,17 @@
 //!   with Nagle's algorithm on: the body then waits 40 ms for the client's delayed ACK. Every
 //!   response is written by hand, whole, in one write (which also lets it say `Connection:
 //!   close`, a header tiny_http drops).
+//! - It cannot close a connection from the server's side, and reads on after an answer that
+//!   says `Connection: close`: the peer is remembered, and nothing more is answered on that
+//!   connection but a 400 (`write.rs`).
+//! - It would send `100 Continue` to an HTTP/1.0 client: such a request is refused (417).
 //! - Its TLS feature is built on a vulnerable rustls: it is never enabled (Cargo.toml).
 
 mod connections;
+mod write;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::SocketAddr;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +34,8 @@ use std::time::Duration;
 use super::reply::Reply;
 use super::request::{loggable, BodySource, Head, MAX_LOGGED, MAX_LOGGED_METHOD};
 use connections::{Connections, Source};
+pub use write::CLOSED_CONNECTION;
+use write::{into_response, respond, write_whole, Ending};
 
 /// Largest request head (request line and headers) answered normally; nginx's default
 /// `large_client_header_buffers` is as big.
@@ -185,6 +191,8 @@ fn bind_unix(_: &str) -> Result<tiny_http::Server, String> {
 pub struct Exchange {
     server: Arc<Server>,
     request: tiny_http::Request,
+    /// The client's address (None on a Unix socket).
+    peer: Option<SocketAddr>,
     head: Head,
     head_bytes: usize,
     /// The handler started reading the body.
@@ -222,6 +230,7 @@ impl Exchange {
         };
         Exchange {
             server,
+            peer: request.remote_addr().copied(),
             request,
             head,
             head_bytes,
@@ -285,6 +294,22 @@ impl Exchange {
         self.head.header("transfer-encoding").is_some() || unread_body(&self.head, false) > 0
     }
 
+    /// Whether this request came on a connection the service told to close. tiny_http 0.12
+    /// cannot close a connection from the server's side and reads on: what comes after such
+    /// an answer (the rest of an ambiguous body, say) is refused, not served.
+    pub fn on_closed_connection(&self) -> bool {
+        self.peer
+            .is_some_and(|p| self.server.connections.was_told_to_close(&p))
+    }
+
+    /// Whether an HTTP/1.0 request expects `100 Continue`. tiny_http 0.12 would send one
+    /// when the body is read, and an HTTP/1.0 client must get no 1xx answer (RFC 9110
+    /// §15.2); it cannot be made to ignore the expectation instead.
+    pub fn expects_continue_over_http_1_0(&self) -> bool {
+        *self.request.http_version() == tiny_http::HTTPVersion(1, 0)
+            && self.head.header("expect").is_some()
+    }
+
     /// Whether the head is larger than [`MAX_HEAD_BYTES`].
     pub fn head_too_large(&self) -> bool {
         self.head_bytes > MAX_HEAD_BYTES
@@ -296,6 +321,7 @@ impl Exchange {
         let Exchange {
             server,
             request,
+            peer,
             head,
             touched,
             ..
@@ -309,12 +335,16 @@ impl Exchange {
         };
         match unread {
             0 => {
-                let connection = if close || server.close_due() || client_closes(&head, &request) {
-                    "close"
+                let ending = if client_closes(&head, &request) {
+                    Ending::ClientCloses
+                } else if close || server.close_due() {
+                    Ending::ServerCloses
                 } else {
-                    "keep-alive"
+                    Ending::KeepAlive
                 };
-                write_whole(request, &reply, head.method == "HEAD", connection);
+                let head_only = head.method == "HEAD";
+                let guard = (&server.connections, peer);
+                write_whole(request, &reply, head_only, ending, guard);
                 Sent::Written
             }
             n if n <= MAX_DRAIN => {
@@ -393,23 +423,6 @@ fn unread_body(head: &Head, touched: bool) -> u64 {
     }
 }
 
-/// Writes a response; a panic while tiny_http drains what is left of the request (it panics
-/// on a length it cannot even allocate) is contained.
-fn respond(request: tiny_http::Request, response: tiny_http::Response<std::io::Cursor<Vec<u8>>>) {
-    match catch_unwind(AssertUnwindSafe(|| request.respond(response))) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => log::debug!("writing a response: {e}"),
-        Err(_) => log::error!("writing a response: tiny_http panicked while draining a body"),
-    }
-}
-
-/// A header value tiny_http and clients accept: visible ASCII, spaces and tabs.
-fn writable(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
-}
-
 /// Whether `head` asks to switch protocols.
 fn upgrade(head: &Head) -> bool {
     head.header("upgrade").is_some()
@@ -427,51 +440,4 @@ fn client_closes(head: &Head, request: &tiny_http::Request) -> bool {
         Some(c) => http_1_0 && !c.contains("keep-alive"),
         None => http_1_0,
     }
-}
-
-/// Writes a whole response in one write, by hand on the request's raw writer, with the
-/// headers tiny_http would add (`Date`, `Content-Length`) and `Connection`. tiny_http writes
-/// the head and a body of more than about a kilobyte in two writes; with Nagle's algorithm
-/// on its sockets (it never sets `TCP_NODELAY`), the second waits for the client's delayed
-/// ACK of the first: 40 ms added to every such answer on a keep-alive connection. It also
-/// drops a `Connection` header from a `Response`, so a closing answer cannot go through it.
-/// A client told to close that sends another request anyway is still served.
-fn write_whole(request: tiny_http::Request, reply: &Reply, head_only: bool, connection: &str) {
-    let reason = tiny_http::StatusCode(reply.status).default_reason_phrase();
-    let mut out = Vec::with_capacity(256 + reply.body.len());
-    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", reply.status);
-    for (name, value) in reply.headers.iter().filter(|(_, v)| writable(v)) {
-        let _ = write!(out, "{name}: {value}\r\n");
-    }
-    let _ = write!(
-        out,
-        "Date: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
-        httpdate::fmt_http_date(std::time::SystemTime::now()),
-        reply.body.len()
-    );
-    if !head_only {
-        out.extend_from_slice(&reply.body);
-    }
-    // As in respond: a panic while tiny_http drains the rest of the request is contained.
-    let written = catch_unwind(AssertUnwindSafe(move || {
-        let mut writer = request.into_writer();
-        writer.write_all(&out).and_then(|()| writer.flush())
-    }));
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => log::debug!("writing a response: {e}"),
-        Err(_) => log::error!("writing a response: tiny_http panicked while draining a body"),
-    }
-}
-
-fn into_response(reply: Reply) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
-    for (name, value) in reply.headers.iter().filter(|(_, v)| writable(v)) {
-        // Every name is a constant and every value is checked above; one that still cannot
-        // be a header is left out rather than failing the whole reply.
-        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(h);
-        }
-    }
-    response
 }
