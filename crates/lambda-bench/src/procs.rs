@@ -142,6 +142,7 @@ impl Bin {
             .env("LAMBDA_API_HTTP_THREADS", HTTP_THREADS.to_string())
             .env("LAMBDA_API_POLL_INTERVAL_MS", poll_ms.to_string())
             .env("LAMBDA_API_SHUTDOWN_GRACE_SECS", "0")
+            .env("GLIBC_TUNABLES", glibc_tunables())
             .env("RUST_LOG", "warn")
             .stderr(Stdio::null())
             .spawn()
@@ -151,4 +152,12 @@ impl Bin {
         let _ = started;
         Ok((p, addr, ready))
     }
+}
+
+/// The allocator settings the packaged unit runs the service with: measured as deployed.
+fn glibc_tunables() -> &'static str {
+    include_str!("../../../config/deb/lambda-api.service")
+        .lines()
+        .find_map(|l| l.strip_prefix("Environment=GLIBC_TUNABLES="))
+        .unwrap_or("")
 }
