@@ -23,6 +23,43 @@ fn authenticate_names_the_user() {
 }
 
 /// Three of the demo user's instances, one destroyed, and one of another user.
+/// The list and the details give an instance the same `status` object: `failure_message`
+/// only when there is one (an empty one, left by hand or by an older release, is none).
+#[test]
+fn the_list_and_the_details_agree_on_status() {
+    let h = slow();
+    let failed = h.add_instance(Status::Failed);
+    let emptied = h.add_instance(Status::Failed);
+    let db = rusqlite::Connection::open(&h.config.database).unwrap();
+    db.execute(
+        "UPDATE lambda_instances SET failure_message = ?2 WHERE id = ?1",
+        [&failed, "413 overLimit (quota)"],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE lambda_instances SET failure_message = '' WHERE id = ?1",
+        [&emptied],
+    )
+    .unwrap();
+    let list = h.get("/api/lambda-instances/", Some(TOKEN)).json();
+    for id in [&failed, &emptied] {
+        let listed = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == json!(id))
+            .unwrap()["status"]
+            .clone();
+        let details = h.status_of(id);
+        assert_eq!(listed, details, "{id}");
+    }
+    assert_eq!(
+        h.status_of(&failed)["failure_message"],
+        "413 overLimit (quota)"
+    );
+    assert!(h.status_of(&emptied).get("failure_message").is_none());
+}
+
 fn populated() -> (Harness, Vec<String>) {
     let h = slow();
     let mut mine = Vec::new();

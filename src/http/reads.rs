@@ -10,6 +10,7 @@ use super::App;
 use crate::auth::User;
 use crate::clock::rfc3339;
 use crate::metrics::Gauges;
+use crate::model::Status;
 use crate::report::Report;
 use crate::store::{ActionRecord, Instance, Store};
 
@@ -119,14 +120,7 @@ pub fn list_instances(
         .list_instances(&user.id, limit, offset)?
         .into_iter()
         .map(|i| {
-            let mut status = json!({
-                "message": i.status.name(),
-                "code": i.status.code(),
-                "detail": i.status.detail(),
-            });
-            if let Some(m) = i.failure_message {
-                status["failure_message"] = Value::String(m);
-            }
+            let status = StatusJson::new(i.status, i.failure_message.as_deref());
             // The original lists whether an application runs on the instance; none is ever
             // deployed through this service.
             json!({"name": i.name, "id": i.id, "status": status, "running_app": false})
@@ -217,16 +211,13 @@ struct StatusJson<'a> {
     failure_message: Option<&'a str>,
 }
 
-impl StatusJson<'_> {
-    fn of(instance: &Instance) -> StatusJson<'_> {
+impl<'a> StatusJson<'a> {
+    fn new(status: Status, failure_message: Option<&'a str>) -> StatusJson<'a> {
         StatusJson {
-            message: instance.status.name(),
-            code: instance.status.code(),
-            detail: instance.status.detail(),
-            failure_message: instance
-                .failure_message
-                .as_deref()
-                .filter(|m| !m.is_empty()),
+            message: status.name(),
+            code: status.code(),
+            detail: status.detail(),
+            failure_message: failure_message.filter(|m| !m.is_empty()),
         }
     }
 }
@@ -309,7 +300,8 @@ pub fn instance_details(
             slave_servers: &instance.slaves,
             created_at: rfc3339(instance.created_at),
         }),
-        status: status.then(|| StatusJson::of(&instance)),
+        status: status
+            .then(|| StatusJson::new(instance.status, instance.failure_message.as_deref())),
         applications: info.then_some([]),
     };
     Ok(Reply::json(
