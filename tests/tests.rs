@@ -5,6 +5,8 @@ mod support;
 
 /// The action call: checks and their order, the state table, bodies and headers.
 mod action;
+/// A keep-alive connection, and how the service ends one.
+mod connection;
 /// Crashes, restarts, shutdown, concurrent writers and secrets at rest.
 mod durability;
 /// The action engine: phases, waits that hold no thread, many actions per worker.

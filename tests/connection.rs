@@ -1,0 +1,87 @@
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Reads one response off a keep-alive connection: status, header lines, body.
+fn read_response(r: &mut impl std::io::BufRead) -> (u16, Vec<String>, Vec<u8>) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let h = line.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        headers.push(h.to_string());
+    }
+    let length: usize = headers
+        .iter()
+        .find_map(|h| {
+            h.to_ascii_lowercase()
+                .strip_prefix("content-length:")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("a Content-Length");
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).unwrap();
+    (status, headers, body)
+}
+
+/// One response in a thousand asks its client to close the connection, so that no busy
+/// keep-alive client holds one of tiny_http's pool threads for ever. That response is written
+/// by hand: it must be framed like any other. tiny_http cannot close the connection itself,
+/// so a client that sends on regardless gets a 400 that says the connection was closed.
+#[test]
+fn keep_alive_connections_are_asked_to_close_now_and_then() {
+    use std::io::Write;
+    let h = Harness::start(Duration::from_secs(60));
+    let mut s = std::net::TcpStream::connect(h.base.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut closing = None;
+    for n in 1..=1000 {
+        s.write_all(request).unwrap();
+        let (status, headers, body) = read_response(&mut r);
+        assert_eq!(status, 200, "response {n}");
+        assert_eq!(
+            body, br#"{"status":"ok","database":"ok","writes":"ok"}"#,
+            "response {n}"
+        );
+        if headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case("connection: close"))
+        {
+            closing = Some(headers);
+            break;
+        }
+    }
+    let headers = closing.expect("no response in 1000 asked to close");
+    for name in ["content-type:", "x-request-id:", "date:", "content-length:"] {
+        assert!(
+            headers
+                .iter()
+                .any(|h| h.to_ascii_lowercase().starts_with(name)),
+            "{name} missing from {headers:?}"
+        );
+    }
+    assert!(headers
+        .iter()
+        .all(|h| !h.to_ascii_lowercase().starts_with("transfer-encoding")));
+    s.write_all(request).unwrap();
+    let (status, headers, body) = read_response(&mut r);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("closed by the server"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(headers
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case("connection: close")));
+}
