@@ -8,13 +8,13 @@
 //! Only then is the copy written out (`VACUUM INTO`), so that no token reaches the disk on
 //! its way. It costs memory of the database's size while it runs.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{params, Connection, OpenFlags};
 
+use super::files::{io_error, parent, private_file, suffixed, sync_dir, sync_file};
 use super::{Database, Result, StoreError, SCHEMA_VERSION};
 
 /// What an action that was live when the backup was taken says after a restore.
@@ -111,7 +111,9 @@ impl Database {
         written?;
         let mut copied = counts(&copy)?;
         copied.ended = ended;
-        copied.bytes = file_len(dest)?;
+        copied.bytes = std::fs::metadata(dest)
+            .map_err(|e| io_error(dest, e))?
+            .len();
         Ok(copied)
     }
 
@@ -259,58 +261,4 @@ fn counts(db: &Connection) -> Result<Copied> {
         ended: 0,
         bytes: 0,
     })
-}
-
-/// `path` with `suffix` appended to its file name.
-fn suffixed(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// Opens (creating it with mode 0600) a file only its owner may read.
-fn private_file(path: &Path, new: bool) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = OpenOptions::new();
-    options.read(true).write(true).mode(0o600);
-    if new {
-        options.create_new(true);
-    } else {
-        options.create(true).truncate(false);
-    }
-    options.open(path)
-}
-
-fn sync_file(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_error(path, e))
-}
-
-/// Makes a rename in `path`'s folder durable.
-fn sync_dir(path: &Path) -> Result<()> {
-    let dir = parent(path);
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_error(dir, e))
-}
-
-fn file_len(path: &Path) -> Result<u64> {
-    std::fs::metadata(path)
-        .map(|m| m.len())
-        .map_err(|e| io_error(path, e))
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::File {
-        path: path.to_path_buf(),
-        source: Arc::new(e),
-    }
 }

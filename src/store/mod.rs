@@ -10,6 +10,7 @@
 mod actions;
 mod backup;
 mod commit;
+mod files;
 mod health;
 mod history;
 mod idempotency;
@@ -197,7 +198,7 @@ impl Database {
     }
 
     fn open_with(&self, synchronous: Synchronous) -> Result<Store> {
-        create_private(&self.path)?;
+        files::create_private(&self.path)?;
         let conn = Connection::open(&self.path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Before anything that writes (even the journal mode is kept in the file): a
@@ -237,31 +238,6 @@ impl Database {
         store.migrate().unwrap();
         store
     }
-}
-
-/// Creates the file with mode 0600 before SQLite does, so that it never exists readable by
-/// others; SQLite gives its `-wal` and `-shm` files the same mode.
-#[cfg(unix)]
-fn create_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StoreError::Create {
-            path: path.to_path_buf(),
-            source: Arc::new(e),
-        }),
-    }
-}
-
-#[cfg(not(unix))]
-fn create_private(_: &Path) -> Result<()> {
-    Ok(())
 }
 
 /// One connection to the database.
