@@ -5,6 +5,7 @@
 //! was not committed), `/healthz` says why, and reads go on. The first write that succeeds
 //! again, a request's or the health check's own probe, ends it: nothing needs a restart.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::{Result, Store, StoreError, SCHEMA_VERSION};
@@ -35,6 +36,8 @@ impl StoreError {
 
 #[derive(Debug, Default)]
 pub(super) struct WriteHealth {
+    /// Whether `trouble` is set: every commit reports here, and a healthy one only reads this.
+    troubled: AtomicBool,
     trouble: Mutex<Option<Trouble>>,
 }
 
@@ -67,11 +70,16 @@ impl WriteHealth {
                 why,
                 since: std::time::SystemTime::now(),
             });
+            self.troubled.store(true, Ordering::Release);
         }
     }
 
     pub(super) fn succeeded(&self) {
+        if !self.troubled.load(Ordering::Acquire) {
+            return;
+        }
         let mut trouble = lock(&self.trouble);
+        self.troubled.store(false, Ordering::Release);
         if let Some(t) = trouble.take() {
             let lasted = t.since.elapsed().unwrap_or_default().as_secs();
             log::warn!(
@@ -82,6 +90,9 @@ impl WriteHealth {
     }
 
     fn current(&self) -> Option<String> {
+        if !self.troubled.load(Ordering::Acquire) {
+            return None;
+        }
         lock(&self.trouble).as_ref().map(|t| {
             format!(
                 "{} (since {})",
