@@ -38,7 +38,33 @@ pub(super) struct Connections {
     /// Why they cannot be counted here, if they cannot.
     cannot: Option<String>,
     /// Peers of connections told to close that are still open.
-    closed: Arc<Mutex<HashSet<SocketAddr>>>,
+    closed: Arc<ClosedPeers>,
+}
+
+/// The peers of connections told to close. Every request asks; while there are none (nearly
+/// always), the answer is one atomic read.
+#[derive(Default)]
+struct ClosedPeers {
+    any: AtomicBool,
+    peers: Mutex<HashSet<SocketAddr>>,
+}
+
+impl ClosedPeers {
+    fn insert(&self, peer: SocketAddr) {
+        lock(&self.peers).insert(peer);
+        self.any.store(true, Ordering::Release);
+    }
+
+    fn contains(&self, peer: &SocketAddr) -> bool {
+        self.any.load(Ordering::Acquire) && lock(&self.peers).contains(peer)
+    }
+
+    /// Forgets the peers whose connections are no longer open.
+    fn keep_open(&self, open: &HashSet<SocketAddr>) {
+        let mut peers = lock(&self.peers);
+        peers.retain(|p| open.contains(p));
+        self.any.store(!peers.is_empty(), Ordering::Release);
+    }
 }
 
 /// What one reading of the kernel's table found.
@@ -53,7 +79,7 @@ impl Connections {
     pub(super) fn start(source: Option<Source>) -> Connections {
         let last = Arc::new(AtomicUsize::new(UNKNOWN));
         let stop = Arc::new(AtomicBool::new(false));
-        let closed = Arc::new(Mutex::new(HashSet::new()));
+        let closed = Arc::new(ClosedPeers::default());
         let mut cannot = match &source {
             None => Some("the listening address is neither TCP nor a Unix socket".into()),
             Some(source) => survey(source)
@@ -74,7 +100,7 @@ impl Connections {
                         };
                         last.store(found.open, Ordering::Relaxed);
                         if let Some(peers) = found.peers {
-                            lock(&closed).retain(|p| peers.contains(p));
+                            closed.keep_open(&peers);
                         }
                     }
                 });
@@ -104,13 +130,13 @@ impl Connections {
     /// followed: else nothing would ever forget it).
     pub(super) fn told_to_close(&self, peer: SocketAddr) {
         if self.cannot.is_none() {
-            lock(&self.closed).insert(peer);
+            self.closed.insert(peer);
         }
     }
 
     /// Whether the connection from `peer` was told to close and is still open.
     pub(super) fn was_told_to_close(&self, peer: &SocketAddr) -> bool {
-        lock(&self.closed).contains(peer)
+        self.closed.contains(peer)
     }
 }
 
@@ -126,11 +152,12 @@ fn survey(source: &Source) -> std::io::Result<Survey> {
             let v4 = std::fs::read_to_string("/proc/self/net/tcp")?;
             // A kernel without IPv6 has no tcp6 table.
             let v6 = std::fs::read_to_string("/proc/self/net/tcp6").unwrap_or_default();
-            let peers: Vec<SocketAddr> =
+            // One peer address is one connection: the local side is the same for all.
+            let peers: HashSet<SocketAddr> =
                 tcp_peers(&v4, *port).chain(tcp_peers(&v6, *port)).collect();
             Ok(Survey {
                 open: peers.len(),
-                peers: Some(peers.into_iter().collect()),
+                peers: Some(peers),
             })
         }
         Source::Unix(path) => Ok(Survey {
