@@ -27,8 +27,9 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Database, Store, StoreError};
 use crate::worker::eta::Eta;
-use reply::{ApiError, Reply};
+use reply::ApiError;
 use request::{loggable, Head, MAX_LOGGED, MAX_LOGGED_METHOD};
+use routes::Handled;
 use tiny::{Exchange, Sent};
 
 /// How often a handler thread looks at the shutdown flag while no request comes.
@@ -201,15 +202,10 @@ const MAX_BODY_THREADS: usize = 64;
 fn serve_one(shared: &Arc<Handlers>, store: &mut Store, exchange: Exchange) {
     let started = Instant::now();
     let id = request_id(exchange.head());
-    if let Some((reply, route)) = refusal(&shared.app, &exchange) {
+    if let Some(refused) = refusal(&shared.app, &exchange) {
         // Refused before routing, the connection ends: a head too large is not worth
         // reading another of, and an overloaded service sheds the connection too.
-        let served = Served {
-            reply,
-            route,
-            user: None,
-        };
-        return finish(shared, exchange, started, &id, served, true);
+        return finish(shared, exchange, started, &id, refused, true);
     }
     if exchange.body_on_socket() {
         return hand_off(shared, exchange, started, id);
@@ -217,15 +213,8 @@ fn serve_one(shared: &Arc<Handlers>, store: &mut Store, exchange: Exchange) {
     route_and_finish(shared, store, exchange, started, &id);
 }
 
-/// The reply to a request, and what it is counted and logged as.
-struct Served {
-    reply: Reply,
-    route: &'static str,
-    user: Option<String>,
-}
-
 /// The answer to a request refused on its head alone, if it is.
-fn refusal(app: &App, exchange: &Exchange) -> Option<(Reply, &'static str)> {
+fn refusal(app: &App, exchange: &Exchange) -> Option<Handled> {
     let refused = if exchange.on_closed_connection() {
         (
             ApiError::BadRequest(tiny::CLOSED_CONNECTION.into()),
@@ -249,7 +238,7 @@ fn refusal(app: &App, exchange: &Exchange) -> Option<(Reply, &'static str)> {
     } else {
         return None;
     };
-    Some((refused.0.reply(), refused.1))
+    Some(Handled::unrouted(refused.0.reply(), refused.1))
 }
 
 fn route_and_finish(
@@ -263,22 +252,14 @@ fn route_and_finish(
     let served = match catch_unwind(AssertUnwindSafe(|| {
         routes::handle(&shared.app, store, head, &mut body)
     })) {
-        Ok(h) => Served {
-            reply: h.reply,
-            route: h.route,
-            user: h.user,
-        },
+        Ok(handled) => handled,
         Err(_) => {
             error!(
                 "request {id}: {} {}: handler panicked",
                 loggable(&head.method, MAX_LOGGED_METHOD),
                 loggable(&head.path, MAX_LOGGED)
             );
-            Served {
-                reply: ApiError::Internal.reply(),
-                route: "unknown",
-                user: None,
-            }
+            Handled::unrouted(ApiError::Internal.reply(), "unknown")
         }
     };
     finish(shared, exchange, started, id, served, false);
@@ -287,36 +268,38 @@ fn route_and_finish(
 /// Runs a request whose body is still on the socket on a body thread of its own, with its
 /// own database connection; past [`MAX_BODY_THREADS`], answers 503 at once.
 fn hand_off(shared: &Arc<Handlers>, exchange: Exchange, started: Instant, id: String) {
-    if shared.body_threads.fetch_add(1, Ordering::SeqCst) >= MAX_BODY_THREADS {
-        shared.body_threads.fetch_sub(1, Ordering::SeqCst);
+    let busy = |exchange: Exchange| {
         let e = ApiError::Unavailable(
             "Too many requests are waiting for their bodies; try again later.".into(),
         );
-        let served = Served {
-            reply: e.reply(),
-            route: "body_wait",
-            user: None,
-        };
-        return finish(shared, exchange, started, &id, served, true);
+        finish(
+            shared,
+            exchange,
+            started,
+            &id,
+            Handled::unrouted(e.reply(), "body_wait"),
+            true,
+        );
+    };
+    if shared.body_threads.fetch_add(1, Ordering::SeqCst) >= MAX_BODY_THREADS {
+        shared.body_threads.fetch_sub(1, Ordering::SeqCst);
+        return busy(exchange);
     }
     // Through a channel, so that the exchange comes back if the thread cannot start.
     let (tx, rx) = crossbeam_channel::bounded::<Exchange>(1);
     let _ = tx.send(exchange);
-    let mine = shared.clone();
-    let on_thread = rx.clone();
+    let (mine, on_thread, thread_id) = (shared.clone(), rx.clone(), id.clone());
     let spawned = std::thread::Builder::new()
         .name("body".into())
         .spawn(move || {
             if let Ok(exchange) = on_thread.try_recv() {
                 match mine.database.open() {
-                    Ok(mut store) => route_and_finish(&mine, &mut store, exchange, started, &id),
+                    Ok(mut store) => {
+                        route_and_finish(&mine, &mut store, exchange, started, &thread_id)
+                    }
                     Err(e) => {
-                        let served = Served {
-                            reply: ApiError::from(e).reply(),
-                            route: "unknown",
-                            user: None,
-                        };
-                        finish(&mine, exchange, started, &id, served, true);
+                        let served = Handled::unrouted(ApiError::from(e).reply(), "unknown");
+                        finish(&mine, exchange, started, &thread_id, served, true);
                     }
                 }
             }
@@ -326,12 +309,7 @@ fn hand_off(shared: &Arc<Handlers>, exchange: Exchange, started: Instant, id: St
         shared.body_threads.fetch_sub(1, Ordering::SeqCst);
         error!("starting a body thread: {e}");
         if let Ok(exchange) = rx.try_recv() {
-            let served = Served {
-                reply: ApiError::Unavailable("The service is short of threads.".into()).reply(),
-                route: "body_wait",
-                user: None,
-            };
-            finish(shared, exchange, started, "-", served, true);
+            busy(exchange);
         }
     }
 }
@@ -342,7 +320,7 @@ fn finish(
     exchange: Exchange,
     started: Instant,
     id: &str,
-    served: Served,
+    served: Handled,
     close: bool,
 ) {
     let head = exchange.head();

@@ -74,6 +74,17 @@ pub struct Handled {
     pub user: Option<String>,
 }
 
+impl Handled {
+    /// A reply given before any handler ran (a refused head, a lack of threads), as `route`.
+    pub fn unrouted(reply: Reply, route: &'static str) -> Handled {
+        Handled {
+            reply,
+            route,
+            user: None,
+        }
+    }
+}
+
 /// Routes and answers one request.
 pub fn handle(app: &App, store: &mut Store, head: &Head, body: &mut dyn BodySource) -> Handled {
     let mut user = None;
