@@ -12,8 +12,9 @@ pub(super) const SCHEMA: &str = include_str!("../../schema.sql");
 /// The version `SCHEMA` is; bump it, and keep the old schema in `schemas/`, on every change.
 pub const SCHEMA_VERSION: i64 = 3;
 
-/// Refuses a database whose version this binary does not know, reading only.
-pub(super) fn refuse_newer(conn: &rusqlite::Connection) -> Result<()> {
+/// The database's schema version, reading only; a version this binary does not know (a
+/// newer one) is refused.
+pub(super) fn checked_version(conn: &rusqlite::Connection) -> Result<i64> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::NewerSchema {
@@ -21,14 +22,12 @@ pub(super) fn refuse_newer(conn: &rusqlite::Connection) -> Result<()> {
             known: SCHEMA_VERSION,
         });
     }
-    Ok(())
+    Ok(version)
 }
 
 impl Store {
     pub(super) fn migrate(&mut self) -> Result<()> {
-        let version: i64 = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let version = checked_version(&self.conn)?;
         if version == SCHEMA_VERSION {
             // Nothing to write: a current database opens even where it cannot be written.
             return Ok(());
@@ -37,13 +36,8 @@ impl Store {
             self.before_version_3()?;
         }
         let tx = self.begin_write()?;
-        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                found: version,
-                known: SCHEMA_VERSION,
-            });
-        }
+        // Read again under the write lock: another process may have migrated meanwhile.
+        let version = checked_version(&tx)?;
         if version < SCHEMA_VERSION {
             tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;

@@ -203,7 +203,7 @@ impl Database {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Before anything that writes (even the journal mode is kept in the file): a
         // database from a newer binary is left exactly as it is.
-        migrate::refuse_newer(&conn)?;
+        let version = migrate::checked_version(&conn)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", synchronous.name())?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -221,7 +221,9 @@ impl Database {
             shared: self.shared.clone(),
             clock: self.clock.clone(),
         };
-        store.migrate()?;
+        if version != SCHEMA_VERSION {
+            store.migrate()?;
+        }
         Ok(store)
     }
 
