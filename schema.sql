@@ -1,9 +1,9 @@
--- lambda-api schema (PRAGMA user_version says which version a database has).
--- Applied by store::open inside one transaction whenever a database is older than the binary;
--- every statement is idempotent. Version 2 added idempotency_keys. Version 3 added the
--- destroy action, actions.due_at and network_url, lambda_instances.network_id and
--- public_ip_id, and action_vms; store/mod.rs's migration rebuilds an older actions table
--- and adds the columns before this file runs (SQLite cannot change a CHECK in place).
+-- lambda-api schema, version 4 (PRAGMA user_version says which version a database has).
+-- A new database is made from this file; an older one is brought here by the steps of
+-- src/store/migrate.rs, and src/store/schemas/ keeps every earlier version. Version 2 added
+-- idempotency_keys; version 3 the destroy action, due times and action_vms; version 4 typed
+-- targets (action_targets in place of action_vms) and idempotency keys that keep the outcome
+-- of their request rather than its bytes.
 -- Times are milliseconds since the Unix epoch (UTC).
 
 CREATE TABLE IF NOT EXISTS lambda_instances (
@@ -57,22 +57,25 @@ CREATE INDEX IF NOT EXISTS actions_live ON actions (state, created_at)
 CREATE INDEX IF NOT EXISTS actions_by_instance ON actions (instance_id, created_at);
 CREATE INDEX IF NOT EXISTS actions_due ON actions (due_at) WHERE state IN ('queued', 'running');
 
--- Where a run is with each VM of its action. Phase 0 goes first (the slaves of a start, the
--- master of a stop, every VM of a destroy); phase 1 once every VM of phase 0 is done. A
--- destroy's phase 1 is the floating IP and the private network, named 'floatingip/<id>' and
--- 'network/<id>'.
-CREATE TABLE IF NOT EXISTS action_vms (
+-- An action's plan, as saved when a worker first takes the action up: the things on ~okeanos
+-- it acts on (its targets), phase by phase. Phase 0 goes first; each phase begins once every
+-- target of the one before is done. A target is named by its kind and its slot (a server's
+-- place in the cluster: 0 is the master; 0 for the one network, say); `target_id` is its
+-- ~okeanos id.
+CREATE TABLE IF NOT EXISTS action_targets (
     action_id TEXT NOT NULL REFERENCES actions (id) ON DELETE CASCADE,
-    vm        TEXT NOT NULL,
-    position  INTEGER NOT NULL,                 -- the instance's order: 0 is the master
+    kind      TEXT NOT NULL CHECK (kind IN ('server', 'floating_ip', 'network', 'subnet')),
+    slot      INTEGER NOT NULL,
+    target_id TEXT,                             -- NULL while the target is still to be made
     phase     INTEGER NOT NULL,
+    seq       INTEGER NOT NULL,                 -- the plan's order
     state     TEXT NOT NULL CHECK (state IN ('todo', 'waiting', 'done')),
     sent      INTEGER NOT NULL DEFAULT 0,       -- the command was sent, or found under way
-    since     INTEGER,                          -- when the wait for the VM began
-    next_at   INTEGER NOT NULL,                 -- when the VM is next due
+    since     INTEGER,                          -- when the wait for the target began
+    next_at   INTEGER NOT NULL,                 -- when the target is next due
     polls     INTEGER NOT NULL DEFAULT 0,       -- reads since the wait began
     tries     INTEGER NOT NULL DEFAULT 0,       -- failed tries of the current call
-    PRIMARY KEY (action_id, vm)
+    PRIMARY KEY (action_id, kind, slot)
 ) WITHOUT ROWID;
 
 -- What a run did, VM by VM.
@@ -86,14 +89,16 @@ CREATE TABLE IF NOT EXISTS action_steps (
     PRIMARY KEY (action_id, seq)
 ) WITHOUT ROWID;
 
--- Answers to action calls sent with an Idempotency-Key, replayed for 24 hours.
+-- What action calls sent with an Idempotency-Key came to, replayed for 24 hours: 202 with
+-- the action, or 409 with the refusal.
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     owner       TEXT NOT NULL,
     key         TEXT NOT NULL,
     fingerprint TEXT NOT NULL,                  -- SHA-256 of the instance id and the action
-    status      INTEGER NOT NULL,
-    body        TEXT NOT NULL,
-    location    TEXT,
+    status      INTEGER NOT NULL CHECK (status IN (202, 409)),
+    action_id   TEXT,                           -- the 202's action
+    base_url    TEXT,                           -- where the 202's links pointed
+    message     TEXT,                           -- the 409's sentence
     created_at  INTEGER NOT NULL,
     PRIMARY KEY (owner, key)
 ) WITHOUT ROWID;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::okeanos::{AuthError, Client};
+use crate::okeanos::{AuthError, Client, OkeanosError};
 use crate::sync::{read, write};
 
 /// How long a rejected token's verdict is kept.
@@ -140,7 +140,9 @@ impl Authenticator {
                     .clone()
                     .or(identity.compute_url)
                     .ok_or_else(|| {
-                        AuthError::Unavailable("the service catalog has no compute endpoint".into())
+                        AuthError::Unavailable(OkeanosError::reply(
+                            "the service catalog has no compute endpoint",
+                        ))
                     })?;
                 Ok(Arc::new(User {
                     id: identity.user_id,

@@ -9,11 +9,14 @@ pub mod cli;
 mod clock;
 pub mod config;
 pub mod error;
+mod eta;
+mod housekeeping;
 mod http;
 mod idempotency;
 mod metrics;
 pub mod model;
 mod okeanos;
+mod plan;
 pub mod report;
 mod shutdown;
 pub mod store;
@@ -26,19 +29,26 @@ use std::sync::Arc;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::error::Error;
+use crate::eta::Eta;
 use crate::http::{App, HttpServer};
 use crate::shutdown::Shutdown;
-use crate::worker::eta::Eta;
-use crate::worker::{Outside, Pool, Settings};
+use crate::worker::{Context, Pool, Settings};
+
+/// The log targets that must never log below `info`, whatever `RUST_LOG` says: the HTTP
+/// client's, which would write whole requests and answers, tokens included.
+pub fn quiet_log_targets() -> &'static [&'static str] {
+    &okeanos::NOISY_LOG_TARGETS
+}
 
 /// The running service: HTTP threads and workers over one SQLite file.
 pub struct Service {
     http: HttpServer,
     pool: Pool,
+    housekeeping: std::thread::JoinHandle<()>,
     shutdown: Arc<Shutdown>,
     grace: std::time::Duration,
     /// Keeps other processes from serving or restoring this database; let go last.
-    _held: store::Held,
+    _lock: store::DatabaseLock,
 }
 
 impl Service {
@@ -47,7 +57,7 @@ impl Service {
     pub fn start(config: &Config) -> Result<Service, Error> {
         // One Database for the whole process: its clones share the write lock.
         let database = config.db();
-        let held = database.hold()?;
+        let lock = database.lock()?;
         let (requeued, orphaned) = database.open()?.recover()?;
         if requeued > 0 || orphaned > 0 {
             log::info!(
@@ -60,16 +70,19 @@ impl Service {
         let client = okeanos::Client::new(config.okeanos_timeout(), metrics.clone());
         let (wakeups, queue) = crossbeam_channel::bounded(config.queue_capacity);
         let shutdown = Arc::new(Shutdown::default());
+        let (ended, endings) = crossbeam_channel::bounded(config.queue_capacity);
+        let housekeeping = housekeeping::start(&database, endings, shutdown.clone())?;
         let pool = Pool::start(
             config.workers,
             &database,
             Settings::from_config(config),
             queue,
-            Outside {
+            Context {
                 client: client.clone(),
                 metrics: metrics.clone(),
                 eta: eta.clone(),
-                nudge: wakeups.clone(),
+                wake: wakeups.clone(),
+                ended,
             },
             shutdown.clone(),
         )?;
@@ -98,15 +111,17 @@ impl Service {
             Err(e) => {
                 shutdown.trigger();
                 pool.join(std::time::Duration::ZERO);
+                let _ = housekeeping.join();
                 return Err(e.into());
             }
         };
         Ok(Service {
             http,
             pool,
+            housekeeping,
             shutdown,
             grace: std::time::Duration::from_secs(config.shutdown_grace_secs),
-            _held: held,
+            _lock: lock,
         })
     }
 
@@ -138,5 +153,6 @@ impl Service {
         self.shutdown.trigger();
         self.http.join();
         self.pool.join(self.grace);
+        let _ = self.housekeeping.join();
     }
 }

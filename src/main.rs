@@ -6,10 +6,8 @@
 fn main() {
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    // The HTTP client, below info, writes whole requests and answers: tokens included (in
-    // identity's body, and in every compute call's X-Auth-Token). Capped, whatever RUST_LOG
-    // says.
-    for module in ["ureq", "ureq_proto"] {
+    // Capped whatever RUST_LOG says: below info these would log tokens.
+    for module in lambda_api::quiet_log_targets() {
         logger.filter_module(module, log::LevelFilter::Info);
     }
     logger.init();

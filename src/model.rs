@@ -158,17 +158,17 @@ impl ActionState {
 
 /// An action in flight on an instance: queued or running.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Live {
+pub struct LiveAction {
     pub id: String,
     pub kind: ActionKind,
 }
 
-/// What an action request is decided on: the instance's status and its action in flight,
+/// An instance as an action request is decided on it: its status and its action in flight,
 /// read together.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Seen {
+pub struct Snapshot {
     pub status: Status,
-    pub live: Option<Live>,
+    pub live: Option<LiveAction>,
 }
 
 /// What an action request comes to, by the state table of the API contract.
@@ -187,11 +187,11 @@ pub enum Decision {
 }
 
 /// The whole decision of an action request: the state table, and the merge into the action
-/// in flight. `seen` is None when the owner has no such instance. Pure: the store applies it
-/// once to an unlocked read, and again inside the transaction that creates the action.
-pub fn decide(seen: Option<&Seen>, kind: ActionKind) -> Decision {
+/// in flight. `snapshot` is None when the owner has no such instance. Pure: the store applies
+/// it once to an unlocked read, and again inside the transaction that creates the action.
+pub fn decide(snapshot: Option<&Snapshot>, kind: ActionKind) -> Decision {
     use ActionKind::{Destroy, Start, Stop};
-    let Some(Seen { status, live }) = seen else {
+    let Some(Snapshot { status, live }) = snapshot else {
         return Decision::NotFound;
     };
     let supersede = || Decision::Create {
@@ -245,14 +245,14 @@ mod tests {
 
     /// `live` is the kind of the action in flight, if any (its id is always "a").
     fn check(status: Status, live: Option<ActionKind>, kind: ActionKind, expected: &str) {
-        let seen = Seen {
+        let snapshot = Snapshot {
             status,
-            live: live.map(|kind| Live {
+            live: live.map(|kind| LiveAction {
                 id: "a".into(),
                 kind,
             }),
         };
-        let got = match decide(Some(&seen), kind) {
+        let got = match decide(Some(&snapshot), kind) {
             Decision::NotFound => "not found".to_string(),
             Decision::Create { supersede: None } => "create".to_string(),
             Decision::Create { supersede: Some(a) } => format!("create, superseding {a}"),

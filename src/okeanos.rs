@@ -1,5 +1,6 @@
-//! The ~okeanos client: identity (Astakos) token checks and the Cyclades compute calls.
-//! The only module that knows ureq and Synnefo's JSON.
+//! The ~okeanos client: identity (Astakos) token checks, and the Cyclades compute and network
+//! calls as typed functions. The only module that knows ureq, and Synnefo's paths, bodies,
+//! fault shapes and status words.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::metrics::Metrics;
+use crate::plan::Command;
 
 /// Largest response body read from ~okeanos; theirs are a few KiB.
 const MAX_RESPONSE_BYTES: u64 = 1 << 20;
@@ -25,31 +27,40 @@ pub struct Identity {
 }
 
 /// Why a token could not be accepted.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum AuthError {
     /// Identity says the token is invalid, expired or inactive.
     Rejected,
     /// Identity could not give a verdict: unreachable, slow, 5xx or a reply we cannot read.
-    Unavailable(String),
+    Unavailable(OkeanosError),
 }
 
-impl std::error::Error for AuthError {}
+impl std::error::Error for AuthError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AuthError::Rejected => None,
+            AuthError::Unavailable(e) => Some(e),
+        }
+    }
+}
 
 impl fmt::Display for AuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AuthError::Rejected => write!(f, "identity: token rejected"),
-            AuthError::Unavailable(why) => write!(f, "identity unavailable: {why}"),
+            AuthError::Unavailable(_) => write!(f, "identity unavailable"),
         }
     }
 }
 
-/// What Cyclades says of a server: its status, and the task under way on it, if any.
+/// What Cyclades says of a server: its status, and the task under way on it, if any. What
+/// the words mean for a command is this module's to say ([`ServerState::reached`] and the
+/// rest): nothing else knows Synnefo's status words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerState {
     /// ACTIVE, STOPPED, BUILD, REBOOT, DELETED, UNKNOWN or ERROR.
     pub status: String,
-    /// `SNF:task_state`: STARTING, STOPPING, BUILDING, ... or empty when none.
+    /// `SNF:task_state`: STARTING, STOPPING, DESTROYING, ... or empty when none.
     pub task: String,
 }
 
@@ -63,51 +74,70 @@ impl fmt::Display for ServerState {
     }
 }
 
-/// A server action of the Cyclades API.
+/// The status a command leaves a server in.
+pub fn target_status(command: Command) -> &'static str {
+    match command {
+        Command::Start => "ACTIVE",
+        Command::Shutdown => "STOPPED",
+        Command::Delete => "DELETED",
+    }
+}
+
+impl ServerState {
+    /// The server is where `command` takes it, with nothing under way.
+    pub fn reached(&self, command: Command) -> bool {
+        match command {
+            Command::Delete => self.status == "DELETED",
+            _ => self.status == target_status(command) && self.task.is_empty(),
+        }
+    }
+
+    /// `command` is under way on the server (`SNF:task_state`), sent by whoever.
+    pub fn under_way(&self, command: Command) -> bool {
+        let task = match command {
+            Command::Start => "STARTING",
+            Command::Shutdown => "STOPPING",
+            Command::Delete => "DESTROYING",
+        };
+        self.task == task
+    }
+
+    /// `command` can be sent now: the server is in the state it applies to, with nothing
+    /// under way (a delete applies to any server not being deleted).
+    pub fn accepts(&self, command: Command) -> bool {
+        match command {
+            Command::Start => self.status == "STOPPED" && self.task.is_empty(),
+            Command::Shutdown => self.status == "ACTIVE" && self.task.is_empty(),
+            Command::Delete => !self.under_way(Command::Delete),
+        }
+    }
+
+    /// The server is in a state that waiting cannot take to where `command` goes: ERROR or
+    /// DELETED (except for a delete, which takes any server away).
+    pub fn hopeless(&self, command: Command) -> bool {
+        command != Command::Delete && matches!(self.status.as_str(), "ERROR" | "DELETED")
+    }
+}
+
+/// What became of a command or a delete that ~okeanos did not refuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerAction {
-    Start,
-    Shutdown,
+pub enum Sent {
+    /// Accepted: done, or under way.
+    Accepted,
+    /// The thing was not there (404): for a delete, already done.
+    Gone,
 }
 
-impl ServerAction {
-    pub fn name(self) -> &'static str {
-        match self {
-            ServerAction::Start => "start",
-            ServerAction::Shutdown => "shutdown",
-        }
-    }
-
-    /// The status the action leaves a server in.
-    pub fn target(self) -> &'static str {
-        match self {
-            ServerAction::Start => "ACTIVE",
-            ServerAction::Shutdown => "STOPPED",
-        }
-    }
-
-    /// The status the action applies to.
-    pub fn source(self) -> &'static str {
-        match self {
-            ServerAction::Start => "STOPPED",
-            ServerAction::Shutdown => "ACTIVE",
-        }
-    }
-
-    /// `SNF:task_state` while the action is under way.
-    pub fn task(self) -> &'static str {
-        match self {
-            ServerAction::Start => "STARTING",
-            ServerAction::Shutdown => "STOPPING",
-        }
-    }
-}
-
-/// A failed compute call.
-#[derive(Debug, Clone, PartialEq)]
+/// A failed ~okeanos call.
+#[derive(Debug, Clone)]
 pub enum OkeanosError {
-    /// No answer: connection refused or reset, timeout, unreadable reply.
-    Transport(String),
+    /// No answer: connection refused or reset, timeout, a reply cut short.
+    Transport(Arc<ureq::Error>),
+    /// An answer that is not what the API documents (not JSON, a field missing).
+    Reply {
+        what: String,
+        source: Option<Arc<serde_json::Error>>,
+    },
     /// A Synnefo fault: `{"<name>": {"code", "message", "details"}}`.
     Fault {
         status: u16,
@@ -117,10 +147,22 @@ pub enum OkeanosError {
 }
 
 impl OkeanosError {
-    /// Worth trying again: no answer, a 5xx, or 409 buildInProgress.
+    /// Worth trying again: no answer for a reason that may pass (a timeout, a refused or
+    /// reset connection, a name that did not resolve), a garbled reply, a 5xx, 409
+    /// buildInProgress or 429. A request this service cannot even make (a bad URL, a TLS
+    /// certificate refused) is not.
     pub fn is_transient(&self) -> bool {
         match self {
-            OkeanosError::Transport(_) => true,
+            OkeanosError::Transport(e) => matches!(
+                e.as_ref(),
+                ureq::Error::Timeout(_)
+                    | ureq::Error::Io(_)
+                    | ureq::Error::ConnectionFailed
+                    | ureq::Error::HostNotFound
+                    | ureq::Error::Protocol(_)
+                    | ureq::Error::BodyStalled
+            ),
+            OkeanosError::Reply { .. } => true,
             OkeanosError::Fault { status, .. } => {
                 *status >= 500 || *status == 409 || *status == 429
             }
@@ -129,18 +171,39 @@ impl OkeanosError {
 
     pub fn status(&self) -> Option<u16> {
         match self {
-            OkeanosError::Transport(_) => None,
             OkeanosError::Fault { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// An answer that lacks what the API documents.
+    pub fn reply(what: impl Into<String>) -> OkeanosError {
+        OkeanosError::Reply {
+            what: what.into(),
+            source: None,
         }
     }
 }
 
-impl std::error::Error for OkeanosError {}
+impl std::error::Error for OkeanosError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OkeanosError::Transport(e) => Some(e.as_ref()),
+            OkeanosError::Reply { source, .. } => source
+                .as_ref()
+                .map(|e| e.as_ref() as &(dyn std::error::Error + 'static)),
+            OkeanosError::Fault { .. } => None,
+        }
+    }
+}
 
 impl fmt::Display for OkeanosError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            OkeanosError::Transport(why) => write!(f, "no answer ({why})"),
+            // The cause is the source: an action's `error` is written with every cause
+            // (`report::Report`).
+            OkeanosError::Transport(_) => write!(f, "no answer"),
+            OkeanosError::Reply { what, .. } => write!(f, "unreadable answer ({what})"),
             OkeanosError::Fault {
                 status,
                 name,
@@ -149,6 +212,19 @@ impl fmt::Display for OkeanosError {
         }
     }
 }
+
+/// The HTTP methods of the calls made with a user's token.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Get,
+    Post,
+    Delete,
+}
+
+/// The log targets of the HTTP client, which below `info` write whole requests and answers:
+/// tokens included (in identity's body, and in every compute call's X-Auth-Token). The binary
+/// caps them at `info`, whatever RUST_LOG says.
+pub const NOISY_LOG_TARGETS: [&str; 2] = ["ureq", "ureq_proto"];
 
 /// One blocking HTTP client, cheap to clone (the connection pool is shared).
 #[derive(Clone)]
@@ -174,71 +250,90 @@ impl Client {
         Client { agent, metrics }
     }
 
-    /// Counts one call by its outcome and times it.
-    fn record(&self, op: &'static str, started: Instant, result: &Result<(u16, Vec<u8>), String>) {
-        let outcome = match result {
+    /// Makes a call with `send`, reads the whole answer (bounded), and counts and times
+    /// the call as `op`.
+    fn timed(
+        &self,
+        op: &'static str,
+        send: impl FnOnce() -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(u16, Vec<u8>), OkeanosError> {
+        let started = Instant::now();
+        let reply = read(send());
+        let outcome = match &reply {
             Ok((status, _)) => status.to_string(),
             Err(_) => "transport".to_string(),
         };
         self.metrics.okeanos_call(op, outcome, started.elapsed());
+        reply
+    }
+
+    /// A call with the user's token: a GET or a DELETE, or a POST of `body`.
+    fn with_token(
+        &self,
+        op: &'static str,
+        method: Method,
+        url: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Vec<u8>), OkeanosError> {
+        let accept = ("Accept", "application/json");
+        self.timed(op, || match method {
+            Method::Get => self
+                .agent
+                .get(url)
+                .header("X-Auth-Token", token)
+                .header(accept.0, accept.1)
+                .call(),
+            Method::Delete => self
+                .agent
+                .delete(url)
+                .header("X-Auth-Token", token)
+                .header(accept.0, accept.1)
+                .call(),
+            Method::Post => self
+                .agent
+                .post(url)
+                .header("X-Auth-Token", token)
+                .header(accept.0, accept.1)
+                .send_json(body.unwrap_or(&Value::Null)),
+        })
     }
 
     /// Asks identity who `token` belongs to: `POST {astakos_url}/tokens`.
     pub fn authenticate(&self, astakos_url: &str, token: &str) -> Result<Identity, AuthError> {
         let url = format!("{astakos_url}/tokens");
         let body = json!({"auth": {"token": {"id": token}}});
-        let started = Instant::now();
-        let reply = self
-            .agent
-            .post(&url)
-            .header("Accept", "application/json")
-            .send_json(&body);
-        let reply = read(reply);
-        self.record("tokens", started, &reply);
-        let (status, body) = reply.map_err(AuthError::Unavailable)?;
+        let (status, body) = self
+            .timed("tokens", || {
+                self.agent
+                    .post(&url)
+                    .header("Accept", "application/json")
+                    .send_json(&body)
+            })
+            .map_err(AuthError::Unavailable)?;
         match status {
             200 => parse_identity(&body).ok_or_else(|| {
-                AuthError::Unavailable("identity answered 200 without access.user.id".into())
+                AuthError::Unavailable(OkeanosError::reply(
+                    "identity answered 200 without access.user.id",
+                ))
             }),
             // Astakos answers 401 for an invalid, expired or inactive token, and 400 for one
             // it cannot parse; both mean "not a valid token".
             400 | 401 | 403 => Err(AuthError::Rejected),
-            other => Err(AuthError::Unavailable(format!("identity answered {other}"))),
+            other => Err(AuthError::Unavailable(fault(other, &body))),
         }
     }
 
-    /// A compute call with the token, timed and counted as `op`: its status and body, or
-    /// why there was none.
-    fn compute_call(
-        &self,
-        op: &'static str,
-        request: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
-        token: &str,
-    ) -> Result<(u16, Vec<u8>), OkeanosError> {
-        let started = Instant::now();
-        let reply = read(
-            request
-                .header("X-Auth-Token", token)
-                .header("Accept", "application/json")
-                .call(),
-        );
-        self.record(op, started, &reply);
-        reply.map_err(OkeanosError::Transport)
-    }
-
-    /// A compute GET answered 200 with a JSON body.
-    fn compute_json(
-        &self,
-        op: &'static str,
-        url: &str,
-        token: &str,
-    ) -> Result<Value, OkeanosError> {
-        let (status, body) = self.compute_call(op, self.agent.get(url), token)?;
+    /// A GET answered 200 with a JSON body.
+    fn get_json(&self, op: &'static str, url: &str, token: &str) -> Result<Value, OkeanosError> {
+        let (status, body) = self.with_token(op, Method::Get, url, token, None)?;
         if status != 200 {
             return Err(fault(status, &body));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| OkeanosError::Transport(format!("the {op} reply is not JSON: {e}")))
+        serde_json::from_slice(&body).map_err(|e| OkeanosError::Reply {
+            what: format!("the {op} reply is not JSON"),
+            source: Some(Arc::new(e)),
+        })
     }
 
     /// `GET {compute}/servers/{id}` → the server's status and task.
@@ -249,62 +344,114 @@ impl Client {
         server_id: &str,
     ) -> Result<ServerState, OkeanosError> {
         let url = format!("{compute}/servers/{server_id}");
-        let v = self.compute_json("status", &url, token)?;
+        let v = self.get_json("status", &url, token)?;
         let mut server = v["server"].clone();
         // The id is the one asked for, whether or not the reply repeats it.
         server["id"] = Value::String(server_id.to_string());
         server_state(&server)
             .map(|(_, state)| state)
-            .ok_or_else(|| OkeanosError::Transport("server reply without server.status".into()))
+            .ok_or_else(|| OkeanosError::reply("server reply without server.status"))
     }
 
     /// `GET {compute}/servers/detail` → the status and task of every server of the token's
-    /// owner, by server id: one call for all of an owner's VMs.
+    /// owner, by server id: one call for all of an owner's VMs. (Cyclades lists no deleted
+    /// server: one not listed is gone.)
     pub fn servers_detail(
         &self,
         compute: &str,
         token: &str,
     ) -> Result<HashMap<String, ServerState>, OkeanosError> {
-        let v = self.compute_json("detail", &format!("{compute}/servers/detail"), token)?;
+        let v = self.get_json("detail", &format!("{compute}/servers/detail"), token)?;
         let servers = v["servers"]
             .as_array()
-            .ok_or_else(|| OkeanosError::Transport("servers reply without servers".into()))?;
+            .ok_or_else(|| OkeanosError::reply("servers reply without servers"))?;
         Ok(servers.iter().filter_map(server_state).collect())
     }
 
-    /// `DELETE {url}`: a server (`{compute}/servers/{id}`), a floating IP
-    /// (`{network}/floatingips/{id}`) or a network (`{network}/networks/{id}`). Ok(true) when
-    /// it is deleted or being deleted, Ok(false) when it was already gone (404).
-    pub fn delete(&self, op: &'static str, url: &str, token: &str) -> Result<bool, OkeanosError> {
-        let (status, body) = self.compute_call(op, self.agent.delete(url), token)?;
-        match status {
-            200..=299 => Ok(true),
-            404 => Ok(false),
-            _ => Err(fault(status, &body)),
-        }
-    }
-
-    /// `POST {compute}/servers/{id}/action` with `{"start":{}}` or `{"shutdown":{}}`.
-    pub fn server_action(
+    /// Sends `command` to a server: `POST {compute}/servers/{id}/action` with `{"start":{}}`
+    /// or `{"shutdown":{}}`, or `DELETE {compute}/servers/{id}`.
+    pub fn command_server(
         &self,
         compute: &str,
         token: &str,
         server: &str,
-        action: ServerAction,
-    ) -> Result<(), OkeanosError> {
-        let body = json!({ action.name(): {} });
-        let started = Instant::now();
-        let reply = self
-            .agent
-            .post(&format!("{compute}/servers/{server}/action"))
-            .header("X-Auth-Token", token)
-            .header("Accept", "application/json")
-            .send_json(&body);
-        let reply = read(reply);
-        self.record(action.name(), started, &reply);
-        let (status, body) = reply.map_err(OkeanosError::Transport)?;
+        command: Command,
+    ) -> Result<Sent, OkeanosError> {
+        match command {
+            Command::Start => self.start_server(compute, token, server),
+            Command::Shutdown => self.shutdown_server(compute, token, server),
+            Command::Delete => self.delete_server(compute, token, server),
+        }
+    }
+
+    /// `POST {compute}/servers/{id}/action` with `{"start":{}}`.
+    pub fn start_server(&self, compute: &str, token: &str, id: &str) -> Result<Sent, OkeanosError> {
+        self.server_action(compute, token, id, "start")
+    }
+
+    /// `POST {compute}/servers/{id}/action` with `{"shutdown":{}}`.
+    pub fn shutdown_server(
+        &self,
+        compute: &str,
+        token: &str,
+        id: &str,
+    ) -> Result<Sent, OkeanosError> {
+        self.server_action(compute, token, id, "shutdown")
+    }
+
+    fn server_action(
+        &self,
+        compute: &str,
+        token: &str,
+        id: &str,
+        action: &'static str,
+    ) -> Result<Sent, OkeanosError> {
+        let url = format!("{compute}/servers/{id}/action");
+        let body = json!({ action: {} });
+        let (status, body) = self.with_token(action, Method::Post, &url, token, Some(&body))?;
         match status {
-            200..=299 => Ok(()),
+            200..=299 => Ok(Sent::Accepted),
+            _ => Err(fault(status, &body)),
+        }
+    }
+
+    /// `DELETE {compute}/servers/{id}`.
+    pub fn delete_server(
+        &self,
+        compute: &str,
+        token: &str,
+        id: &str,
+    ) -> Result<Sent, OkeanosError> {
+        self.delete("delete", &format!("{compute}/servers/{id}"), token)
+    }
+
+    /// `DELETE {network}/floatingips/{id}`.
+    pub fn delete_floating_ip(
+        &self,
+        network: &str,
+        token: &str,
+        id: &str,
+    ) -> Result<Sent, OkeanosError> {
+        self.delete("floatingip", &format!("{network}/floatingips/{id}"), token)
+    }
+
+    /// `DELETE {network}/networks/{id}`.
+    pub fn delete_network(
+        &self,
+        network: &str,
+        token: &str,
+        id: &str,
+    ) -> Result<Sent, OkeanosError> {
+        self.delete("network", &format!("{network}/networks/{id}"), token)
+    }
+
+    /// `DELETE {url}`: Accepted when it is deleted or being deleted, Gone when it was
+    /// already gone (404).
+    fn delete(&self, op: &'static str, url: &str, token: &str) -> Result<Sent, OkeanosError> {
+        let (status, body) = self.with_token(op, Method::Delete, url, token, None)?;
+        match status {
+            200..=299 => Ok(Sent::Accepted),
+            404 => Ok(Sent::Gone),
             _ => Err(fault(status, &body)),
         }
     }
@@ -313,16 +460,16 @@ impl Client {
 /// Reads a whole reply (bounded), or says why there was none.
 fn read(
     reply: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<(u16, Vec<u8>), String> {
-    let started = Instant::now();
-    let mut reply = reply.map_err(|e| e.to_string())?;
+) -> Result<(u16, Vec<u8>), OkeanosError> {
+    let transport = |e| OkeanosError::Transport(Arc::new(e));
+    let mut reply = reply.map_err(transport)?;
     let status = reply.status().as_u16();
     let body = reply
         .body_mut()
         .with_config()
         .limit(MAX_RESPONSE_BYTES)
         .read_to_vec()
-        .map_err(|e| format!("{e} after {} ms", started.elapsed().as_millis()))?;
+        .map_err(transport)?;
     Ok((status, body))
 }
 

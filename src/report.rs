@@ -18,3 +18,32 @@ impl fmt::Display for Report<'_> {
         Ok(())
     }
 }
+
+/// Text from outside (a cloud's fault message, say) as it may go into a log line: control
+/// characters escaped, so that a newline cannot forge a line of its own.
+pub fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escaped("plain (text)"), "plain (text)");
+        assert_eq!(
+            escaped("503 x (bad\nINFO forged line)"),
+            "503 x (bad\\nINFO forged line)"
+        );
+        assert_eq!(escaped("a\u{1b}[31m"), "a\\u{1b}[31m");
+    }
+}

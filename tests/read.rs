@@ -310,7 +310,8 @@ fn an_idempotency_key_with_another_request_is_422() {
 }
 
 /// Two requests sent at once with one key and different bodies are never both processed:
-/// the key is claimed before either is, so the second gets 409 (in progress) or 422.
+/// each looks the key up in the transaction that writes its outcome, so whichever commits
+/// second finds the first's and gets 422.
 #[test]
 fn one_key_sent_twice_at_once_is_processed_once() {
     let h = slow();
@@ -342,8 +343,8 @@ fn one_key_sent_twice_at_once_is_processed_once() {
             .into_iter()
             .map(|t| t.join().unwrap())
             .collect();
-        // Whichever claims the key first is processed; the other, another request with the
-        // same key, is refused whether the first is still running or done.
+        // Whichever commits first is processed; the other, another request with the same
+        // key, is refused.
         assert_eq!(
             answers.iter().filter(|s| **s == 422).count(),
             1,

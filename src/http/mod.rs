@@ -23,10 +23,10 @@ use crossbeam_channel::Sender;
 use log::{error, info};
 
 use crate::auth::Authenticator;
+use crate::eta::Eta;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Database, Store, StoreError};
-use crate::worker::eta::Eta;
 use reply::ApiError;
 use request::{loggable, Head, MAX_LOGGED, MAX_LOGGED_METHOD};
 use routes::Handled;
@@ -40,7 +40,8 @@ pub struct App {
     pub auth: Authenticator,
     /// Open connections past which a request gets a fast 503.
     pub max_connections: usize,
-    pub wakeups: Sender<String>,
+    /// Wakes a worker when a new action is committed.
+    pub wakeups: Sender<()>,
     pub metrics: Arc<Metrics>,
     /// What `Retry-After` says to a client following an action.
     pub eta: Arc<Eta>,

@@ -45,6 +45,7 @@ impl Reply {
         self
     }
 
+    #[cfg(test)]
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

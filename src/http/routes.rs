@@ -165,7 +165,7 @@ fn authenticate<'h>(app: &App, head: &'h Head) -> Result<Caller<'h>, ApiError> {
         Ok(user) => Ok(Caller { user, token }),
         Err(AuthError::Rejected) => Err(ApiError::Unauthorized),
         Err(AuthError::Unavailable(why)) => {
-            log::warn!("identity: {why}");
+            log::warn!("{}", crate::report::Report(&AuthError::Unavailable(why)));
             Err(ApiError::Unavailable(
                 "The ~okeanos identity service is unavailable; try again later.".into(),
             ))

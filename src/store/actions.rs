@@ -1,12 +1,15 @@
 //! The action request: decided by [`model::decide`](crate::model::decide) on what the
-//! `lambda_instances` and `actions` tables show, and committed by the group commit.
+//! `lambda_instances` and `actions` tables show, with its `Idempotency-Key` looked up and its
+//! outcome kept, all in one transaction of the group commit.
 
 use std::ops::ControlFlow;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use super::end::{end_actions, Which};
+use super::idempotency::{self, Answer};
 use super::{kind_of, status_of, Result, Store, StoreError};
-use crate::model::{decide, ActionKind, Decision, Live, Seen};
+use crate::model::{decide, ActionKind, ActionState, Decision, LiveAction, Snapshot};
 use crate::sync::lock;
 
 /// What an action request came to once it went through the database.
@@ -20,6 +23,40 @@ pub enum Requested {
     Merged(String),
     /// Refused by the state table.
     Conflict(String),
+    /// The key was used before for the same request: what that came to.
+    Replayed(Answer),
+    /// The key was used before for another request.
+    KeyReused,
+    /// The owner holds as many keys as allowed.
+    TooManyKeys,
+}
+
+/// An `Idempotency-Key` a request comes with, and the rules it is held to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUse {
+    pub key: String,
+    /// What makes two requests the same request.
+    pub fingerprint: String,
+    /// Where the answer's links point, kept so that a replay points where the first answer
+    /// did.
+    pub base_url: String,
+    /// How long (ms) a use of the key counts.
+    pub max_age_ms: i64,
+    /// How many keys an owner may hold at once.
+    pub max_per_owner: u64,
+}
+
+/// An action request on an owner's instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionRequest {
+    pub instance_id: String,
+    pub owner: String,
+    pub kind: ActionKind,
+    /// What the action keeps while live, to act for the owner.
+    pub token: String,
+    pub compute_url: String,
+    pub network_url: Option<String>,
+    pub key: Option<KeyUse>,
 }
 
 /// A decision that writes nothing breaks off with its outcome; one to create an action goes
@@ -33,18 +70,8 @@ fn settle(decision: Decision) -> ControlFlow<Requested, Option<String>> {
     }
 }
 
-/// A request for a new action, queued for the group commit.
-pub(super) struct NewAction {
-    instance_id: String,
-    owner: String,
-    kind: ActionKind,
-    token: String,
-    compute_url: String,
-    network_url: Option<String>,
-}
-
 /// What `conn` sees of `owner`'s instance: its status and its action in flight.
-fn read_seen(conn: &Connection, instance_id: &str, owner: &str) -> Result<Option<Seen>> {
+fn read_snapshot(conn: &Connection, instance_id: &str, owner: &str) -> Result<Option<Snapshot>> {
     let status: Option<String> = conn
         .prepare_cached(
             "SELECT status FROM lambda_instances
@@ -56,39 +83,84 @@ fn read_seen(conn: &Connection, instance_id: &str, owner: &str) -> Result<Option
         return Ok(None);
     };
     let live = conn
-        .prepare_cached(
-            "SELECT id, action FROM actions
-             WHERE instance_id = ?1 AND state IN ('queued', 'running')",
-        )?
+        .prepare_cached(concat!(
+            "SELECT id, action FROM actions WHERE instance_id = ?1 AND ",
+            live!()
+        ))?
         .query_row(params![instance_id], |r| {
-            Ok(Live {
+            Ok(LiveAction {
                 id: r.get(0)?,
                 kind: kind_of(r.get(1)?)?,
             })
         })
         .optional()?;
-    Ok(Some(Seen {
+    Ok(Some(Snapshot {
         status: status_of(status)?,
         live,
     }))
 }
 
-/// One request of a batch: decided again under the lock (the instance may have changed
-/// since the unlocked read, or by an earlier request of this batch), then written if due.
-fn create_one(conn: &Connection, a: &NewAction, now: i64) -> Result<Requested> {
-    let seen = read_seen(conn, &a.instance_id, &a.owner)?;
-    let supersede = match settle(decide(seen.as_ref(), a.kind)) {
-        ControlFlow::Break(done) => return Ok(done),
-        ControlFlow::Continue(supersede) => supersede,
+/// What an earlier use of the request's key decides, if it decides anything: the same
+/// request is answered as it was, another is refused, and an owner with too many keys gets
+/// no new one.
+fn key_verdict(
+    conn: &Connection,
+    owner: &str,
+    key: &KeyUse,
+    now: i64,
+) -> Result<Option<Requested>> {
+    let since = now - key.max_age_ms;
+    Ok(match idempotency::find(conn, owner, &key.key, since)? {
+        Some(kept) if kept.fingerprint == key.fingerprint => Some(Requested::Replayed(kept.answer)),
+        Some(_) => Some(Requested::KeyReused),
+        None if idempotency::count(conn, owner, since)? >= key.max_per_owner => {
+            Some(Requested::TooManyKeys)
+        }
+        None => None,
+    })
+}
+
+/// One request of a batch: its key looked up and the state table applied again under the
+/// lock (the instance may have changed since the unlocked read, or by an earlier request of
+/// this batch), the action written if due, and the outcome kept under the key.
+fn decide_and_write(conn: &Connection, r: &ActionRequest, now: i64) -> Result<Requested> {
+    if let Some(key) = &r.key {
+        if let Some(done) = key_verdict(conn, &r.owner, key, now)? {
+            return Ok(done);
+        }
+    }
+    let snapshot = read_snapshot(conn, &r.instance_id, &r.owner)?;
+    let outcome = match settle(decide(snapshot.as_ref(), r.kind)) {
+        ControlFlow::Break(done) => done,
+        ControlFlow::Continue(supersede) => Requested::Created(create(conn, r, supersede, now)?),
     };
+    if let Some(key) = &r.key {
+        let answer = match &outcome {
+            Requested::Created(id) | Requested::Merged(id) => Some(Answer::Accepted {
+                action: id.clone(),
+                base_url: key.base_url.clone(),
+            }),
+            Requested::Conflict(message) => Some(Answer::Refused(message.clone())),
+            _ => None,
+        };
+        if let Some(answer) = answer {
+            idempotency::keep(conn, &r.owner, &key.key, &key.fingerprint, &answer, now)?;
+        }
+    }
+    Ok(outcome)
+}
+
+/// Writes a new action of `r` (ending the live one it supersedes first) and the instance's
+/// transient status; returns the action's id.
+fn create(
+    conn: &Connection,
+    r: &ActionRequest,
+    supersede: Option<String>,
+    now: i64,
+) -> Result<String> {
     if let Some(stale) = supersede {
-        conn.execute(
-            "UPDATE actions SET state = 'failed', error = 'superseded by a new action',
-                 token = NULL, compute_url = NULL, network_url = NULL, claim = NULL,
-                 due_at = NULL, finished_at = ?2
-             WHERE id = ?1",
-            params![stale, now],
-        )?;
+        let why = Some("superseded by a new action");
+        end_actions(conn, Which::One(&stale), ActionState::Failed, why, now)?;
     }
     // Time-ordered (version 7): new ids land at the end of the primary key's b-tree, so the
     // actions committed together share its last page instead of each dirtying a random one.
@@ -100,67 +172,68 @@ fn create_one(conn: &Connection, a: &NewAction, now: i64) -> Result<Requested> {
     )?
     .execute(params![
         id,
-        a.instance_id,
-        a.kind.name(),
-        a.token,
-        a.compute_url,
-        a.network_url,
+        r.instance_id,
+        r.kind.name(),
+        r.token,
+        r.compute_url,
+        r.network_url,
         now
     ])?;
     conn.prepare_cached(
         "UPDATE lambda_instances SET status = ?2, failure_message = NULL WHERE id = ?1",
     )?
-    .execute(params![a.instance_id, a.kind.transient_status().name()])?;
-    Ok(Requested::Created(id))
+    .execute(params![r.instance_id, r.kind.transient_status().name()])?;
+    Ok(id)
 }
 
 impl Store {
     /// The instance's status and action in flight, read together, if `owner` has it: what an
     /// action request is decided on.
-    pub fn seen(&mut self, id: &str, owner: &str) -> Result<Option<Seen>> {
+    pub fn snapshot(&mut self, id: &str, owner: &str) -> Result<Option<Snapshot>> {
         let tx = self.conn.transaction()?;
-        read_seen(&tx, id, owner)
+        read_snapshot(&tx, id, owner)
     }
 
-    /// Decides an action request on what was `seen` and, when a new action is due, commits it
-    /// (the status change and the action row together). When this returns `Created`, the
-    /// action is on disk. `endpoints` are the owner's compute and network URLs, which the
-    /// action keeps with the token while it is live.
+    /// Decides `request` on what was seen of its instance (`snapshot`) and, when it writes
+    /// anything (a new action, or the outcome kept under its key), commits it with the group
+    /// commit. When this returns `Created`, the action is on disk.
     pub fn request_action(
         &mut self,
-        seen: Option<&Seen>,
-        instance_id: &str,
-        owner: &str,
-        kind: ActionKind,
-        token: &str,
-        endpoints: (&str, Option<&str>),
+        snapshot: Option<&Snapshot>,
+        request: ActionRequest,
     ) -> Result<Requested> {
-        // Most repeated requests change nothing (a merge, a conflict): they are answered from
-        // the unlocked read. Only a new action goes on to be written.
-        if let ControlFlow::Break(done) = settle(decide(seen, kind)) {
-            return Ok(done);
+        // Most requests that change nothing (a merge, a conflict, a replay) are answered from
+        // unlocked reads. A request with a key that is new has its outcome kept, and so goes
+        // on to be written, as does a new action.
+        match &request.key {
+            Some(key) => {
+                let now = self.now_ms();
+                if let Some(done) = key_verdict(&self.conn, &request.owner, key, now)? {
+                    return Ok(done);
+                }
+                if snapshot.is_none() {
+                    return Ok(Requested::NotFound);
+                }
+            }
+            None => {
+                if let ControlFlow::Break(done) = settle(decide(snapshot, request.kind)) {
+                    return Ok(done);
+                }
+            }
         }
-        let new = NewAction {
-            instance_id: instance_id.to_string(),
-            owner: owner.to_string(),
-            kind,
-            token: token.to_string(),
-            compute_url: endpoints.0.to_string(),
-            network_url: endpoints.1.map(str::to_string),
-        };
         let shared = self.shared.clone();
         shared
             .requests
-            .submit(new, |batch| {
+            .submit(request, |batch| {
                 let _writing = lock(&shared.writer);
-                self.create_batch(batch)
+                self.commit_batch(batch)
             })
             .unwrap_or(Err(StoreError::Abandoned))
     }
 
-    /// Applies [`create_one`] to each request of `batch`, all in one transaction with a
+    /// Applies [`decide_and_write`] to each request of `batch`, all in one transaction with a
     /// savepoint each; the caller holds the write lock.
-    fn create_batch(&mut self, batch: &[NewAction]) -> Vec<Result<Requested>> {
+    fn commit_batch(&mut self, batch: &[ActionRequest]) -> Vec<Result<Requested>> {
         let now = self.now_ms();
         let all_failed = |e: rusqlite::Error| {
             let e = StoreError::from(e);
@@ -178,11 +251,11 @@ impl Store {
             }
         };
         let mut outcomes = Vec::with_capacity(batch.len());
-        for a in batch {
+        for r in batch {
             let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
-                let r = create_one(&sp, a, now)?;
+                let outcome = decide_and_write(&sp, r, now)?;
                 sp.commit()?;
-                Ok(r)
+                Ok(outcome)
             });
             outcomes.push(one);
         }
@@ -203,16 +276,88 @@ pub(crate) mod tests {
     use crate::store::{Database, NewInstance, Synchronous};
     use std::time::Duration;
 
+    /// A request of `owner`'s on instance `id`, without a key.
+    pub(crate) fn ask(id: &str, owner: &str, kind: ActionKind) -> ActionRequest {
+        ActionRequest {
+            instance_id: id.into(),
+            owner: owner.into(),
+            kind,
+            token: "tok".into(),
+            compute_url: "http://c".into(),
+            network_url: None,
+            key: None,
+        }
+    }
+
     pub(crate) fn request_as(
         store: &mut Store,
         id: &str,
         owner: &str,
         kind: ActionKind,
     ) -> Requested {
-        let seen = store.seen(id, owner).unwrap();
+        let snapshot = store.snapshot(id, owner).unwrap();
         store
-            .request_action(seen.as_ref(), id, owner, kind, "tok", ("http://c", None))
+            .request_action(snapshot.as_ref(), ask(id, owner, kind))
             .unwrap()
+    }
+
+    /// `kind` on `id` with `key`, whose owner may hold two keys of a second's age.
+    fn keyed(store: &mut Store, id: &str, kind: ActionKind, key: &str) -> Requested {
+        let snapshot = store.snapshot(id, OWNER).unwrap();
+        let request = ActionRequest {
+            key: Some(KeyUse {
+                key: key.into(),
+                fingerprint: format!("{id} {}", kind.name()),
+                base_url: "http://h".into(),
+                max_age_ms: 1000,
+                max_per_owner: 2,
+            }),
+            ..ask(id, OWNER, kind)
+        };
+        store.request_action(snapshot.as_ref(), request).unwrap()
+    }
+
+    #[test]
+    fn a_key_replays_its_first_outcome_and_refuses_other_requests() {
+        let (mut store, clock) = store();
+        let id = instance(&mut store, Status::Stopped);
+        let Requested::Created(a) = keyed(&mut store, &id, ActionKind::Start, "k") else {
+            panic!("not created")
+        };
+        let accepted = Requested::Replayed(Answer::Accepted {
+            action: a.clone(),
+            base_url: "http://h".into(),
+        });
+        assert_eq!(keyed(&mut store, &id, ActionKind::Start, "k"), accepted);
+        assert_eq!(
+            keyed(&mut store, &id, ActionKind::Stop, "k"),
+            Requested::KeyReused
+        );
+        // A refusal is kept as well, and replayed even once the state has changed.
+        let Requested::Conflict(why) = keyed(&mut store, &id, ActionKind::Stop, "j") else {
+            panic!("not refused")
+        };
+        let job = store
+            .claim_due(Duration::from_secs(60), true)
+            .unwrap()
+            .unwrap();
+        assert!(store.finish(&job, None, &[]).unwrap());
+        let refused = Requested::Replayed(Answer::Refused(why));
+        assert_eq!(keyed(&mut store, &id, ActionKind::Stop, "j"), refused);
+        // Two keys per owner here: a third is refused until the first ones expire.
+        assert_eq!(
+            keyed(&mut store, &id, ActionKind::Stop, "i"),
+            Requested::TooManyKeys
+        );
+        clock.advance(Duration::from_millis(1001));
+        assert!(matches!(
+            keyed(&mut store, &id, ActionKind::Stop, "i"),
+            Requested::Created(_)
+        ));
+        assert!(matches!(
+            keyed(&mut store, &id, ActionKind::Start, "k"),
+            Requested::Conflict(_)
+        ));
     }
 
     pub(crate) fn request(store: &mut Store, id: &str, kind: ActionKind) -> Requested {
@@ -255,19 +400,12 @@ pub(crate) mod tests {
     fn a_stale_read_is_decided_again() {
         let (mut store, _) = store();
         let id = instance(&mut store, Status::Stopped);
-        let stale = store.seen(&id, OWNER).unwrap();
+        let stale = store.snapshot(&id, OWNER).unwrap();
         let Requested::Created(a) = request(&mut store, &id, ActionKind::Start) else {
             panic!("not created")
         };
         let again = store
-            .request_action(
-                stale.as_ref(),
-                &id,
-                OWNER,
-                ActionKind::Start,
-                "t",
-                ("c", None),
-            )
+            .request_action(stale.as_ref(), ask(&id, OWNER, ActionKind::Start))
             .unwrap();
         assert_eq!(again, Requested::Merged(a));
     }
@@ -311,16 +449,10 @@ pub(crate) mod tests {
                     let mut store = db.open().unwrap();
                     barrier.wait();
                     // Every thread saw the instances STOPPED before any request was made.
-                    let seen = store.seen(&id, OWNER).unwrap();
+                    let snapshot = store.snapshot(&id, OWNER).unwrap();
                     barrier.wait();
-                    let r = store.request_action(
-                        seen.as_ref(),
-                        &id,
-                        OWNER,
-                        ActionKind::Start,
-                        "t",
-                        ("c", None),
-                    );
+                    let r =
+                        store.request_action(snapshot.as_ref(), ask(&id, OWNER, ActionKind::Start));
                     (id, r.unwrap())
                 })
             })

@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{params, Connection, OpenFlags};
 
+use super::end::{end_actions, Which};
 use super::files::{io_error, parent, private_file, suffixed, sync_dir, sync_file};
 use super::{Database, Result, StoreError, SCHEMA_VERSION};
+use crate::model::ActionState;
 
 /// What an action that was live when the backup was taken says after a restore.
 pub const LIVE_AT_BACKUP: &str = "the action was in progress when the backup this database \
@@ -36,7 +38,7 @@ pub struct Copied {
 /// share one file. An advisory lock on `<database>.lock`; the kernel lets it go when the
 /// process ends, `kill -9` included.
 #[derive(Debug)]
-pub struct Held {
+pub struct DatabaseLock {
     _file: File,
 }
 
@@ -46,11 +48,11 @@ impl Database {
     }
 
     /// Takes the hold on the database, or says who has it.
-    pub fn hold(&self) -> Result<Held> {
+    pub fn lock(&self) -> Result<DatabaseLock> {
         let path = self.lock_path();
         let file = private_file(&path, false).map_err(|e| io_error(&path, e))?;
         match file.try_lock() {
-            Ok(()) => Ok(Held { _file: file }),
+            Ok(()) => Ok(DatabaseLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(self.path.clone())),
             Err(std::fs::TryLockError::Error(e)) => Err(io_error(&path, e)),
         }
@@ -118,15 +120,18 @@ impl Database {
     }
 
     /// Replaces the database with `backup`, once the file has passed every check. The
-    /// service must be stopped (the hold says so). The database it replaces is kept beside it
+    /// service must be stopped (its lock says so). The database it replaces is kept beside it
     /// as `<database>.replaced-<seconds since the epoch>`; that name is returned.
     pub fn restore(&self, backup: &Path) -> Result<(Copied, Option<PathBuf>)> {
-        let _held = self.hold()?;
+        let _locked = self.lock()?;
         let file = Connection::open_with_flags(
             backup,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| StoreError::Backup(format!("{}: {e}", backup.display())))?;
+        .map_err(|e| StoreError::Unreadable {
+            path: backup.to_path_buf(),
+            source: std::sync::Arc::new(e),
+        })?;
         check(&file).map_err(|e| {
             StoreError::Backup(format!("{} is not a usable backup: {e}", backup.display()))
         })?;
@@ -185,25 +190,16 @@ impl Database {
 fn end_live_actions(copy: &Connection, now: i64) -> Result<u64> {
     copy.pragma_update(None, "foreign_keys", "ON")?;
     let tx = copy.unchecked_transaction()?;
-    tx.execute(
-        "UPDATE lambda_instances SET status = 'FAILED', failure_message = ?1
-         WHERE id IN (SELECT instance_id FROM actions WHERE state IN ('queued', 'running'))",
-        params![LIVE_AT_BACKUP],
-    )?;
-    tx.execute(
-        "DELETE FROM action_vms
-         WHERE action_id IN (SELECT id FROM actions WHERE state IN ('queued', 'running'))",
-        [],
-    )?;
-    let ended = tx.execute(
-        "UPDATE actions SET state = 'failed', error = ?1, finished_at = ?2, token = NULL,
-             compute_url = NULL, network_url = NULL, claim = NULL, lease_until = NULL,
-             due_at = NULL
-         WHERE state IN ('queued', 'running')",
-        params![LIVE_AT_BACKUP, now],
-    )?;
+    let why = Some(LIVE_AT_BACKUP);
+    let ended = end_actions(&tx, Which::AllLive, ActionState::Failed, why, now)?;
+    for (_, instance) in &ended {
+        tx.execute(
+            "UPDATE lambda_instances SET status = 'FAILED', failure_message = ?2 WHERE id = ?1",
+            params![instance, LIVE_AT_BACKUP],
+        )?;
+    }
     tx.commit()?;
-    Ok(ended as u64)
+    Ok(ended.len() as u64)
 }
 
 /// What a restore asks of a file: SQLite finds it whole, its rows keep their references, it

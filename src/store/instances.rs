@@ -1,10 +1,11 @@
 //! The `lambda_instances` and `instance_servers` tables: registering, reading and listing
 //! instances.
 
-use rusqlite::params;
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{status_of, Result, Store, StoreError};
 use crate::model::Status;
+use crate::plan::Cluster;
 
 /// A lambda instance as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +95,27 @@ fn no_servers(instance_id: &str) -> StoreError {
     StoreError::Corrupt(format!("instance {instance_id} has no servers"))
 }
 
+/// The ~okeanos things instance `id` is made of: its servers (the master first), its private
+/// network and its floating IP.
+pub(super) fn read_cluster(conn: &Connection, id: &str) -> Result<Cluster> {
+    let (network, floating_ip) = conn
+        .prepare_cached("SELECT network_id, public_ip_id FROM lambda_instances WHERE id = ?1")?
+        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((None, None));
+    let servers = conn
+        .prepare_cached(
+            "SELECT server_id FROM instance_servers WHERE instance_id = ?1 ORDER BY position",
+        )?
+        .query_map(params![id], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(Cluster {
+        servers,
+        network,
+        floating_ip,
+    })
+}
+
 impl Store {
     /// Registers instances in one transaction and returns their new uuids in order.
     pub fn add_instances(&mut self, new: &[NewInstance]) -> Result<Vec<String>> {
@@ -145,21 +167,6 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// The master and the slaves of an instance, in order.
-    fn servers(&self, instance_id: &str) -> Result<(String, Vec<String>)> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT server_id FROM instance_servers WHERE instance_id = ?1 ORDER BY position",
-        )?;
-        let mut all = stmt
-            .query_map(params![instance_id], |r| r.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
-        if all.is_empty() {
-            return Err(no_servers(instance_id));
-        }
-        let master = all.remove(0);
-        Ok((master, all))
-    }
-
     /// The instance `id` if `owner` owns it (a DESTROYED one is kept for reference); another
     /// user's instance is as absent as a missing one.
     pub fn owned_instance(&self, id: &str, owner: &str) -> Result<Option<Instance>> {
@@ -196,8 +203,9 @@ impl Store {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter()
             .map(|row| {
-                let (master, slaves) = self.servers(&row.id)?;
-                with_servers(row, master, slaves)
+                let mut servers = read_cluster(&self.conn, &row.id)?.servers.into_iter();
+                let master = servers.next().ok_or_else(|| no_servers(&row.id))?;
+                with_servers(row, master, servers.collect())
             })
             .collect()
     }

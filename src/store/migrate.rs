@@ -1,16 +1,21 @@
 //! Bringing a database of any version this project has shipped up to the current schema.
 //!
 //! `PRAGMA user_version` says which version a file has: 1 (the first release), 2 (added
-//! `idempotency_keys`), 3 (destroy, due times, `action_vms`). `schemas/` keeps the schema of
-//! every older version, so that the tests below build a database of each one and migrate it
-//! with data in it. A file newer than the binary is refused and left as it is.
+//! `idempotency_keys`), 3 (destroy, due times, `action_vms`), 4 (typed targets in
+//! `action_targets`, idempotency keys that keep their request's outcome). A new database is
+//! made from `schema.sql`; an older one goes through the steps below, one version at a time.
+//! `schemas/` keeps the schema of every older version, so that the tests below build a
+//! database of each one and migrate it with data in it. A file newer than the binary is
+//! refused and left as it is.
 
 use super::{Result, Store, StoreError};
 
 /// The schema every database ends up with: `schema.sql` at the top of the repository.
 pub(super) const SCHEMA: &str = include_str!("../../schema.sql");
 /// The version `SCHEMA` is; bump it, and keep the old schema in `schemas/`, on every change.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
+/// Version 3's schema, which the step from versions 1 and 2 builds on.
+const V3: &str = include_str!("schemas/v3.sql");
 
 /// The database's schema version, reading only; a version this binary does not know (a
 /// newer one) is refused.
@@ -32,29 +37,37 @@ impl Store {
             // Nothing to write: a current database opens even where it cannot be written.
             return Ok(());
         }
-        if (1..3).contains(&version) {
-            self.before_version_3()?;
+        if version == 0 {
+            let tx = self.begin_write()?;
+            // Read again under the write lock: another process may have made it meanwhile.
+            if checked_version(&tx)? == 0 {
+                tx.execute_batch(SCHEMA)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            return tx.commit();
         }
-        let tx = self.begin_write()?;
-        // Read again under the write lock: another process may have migrated meanwhile.
-        let version = checked_version(&tx)?;
-        if version < SCHEMA_VERSION {
-            tx.execute_batch(SCHEMA)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        if version < 3 {
+            self.migrate_to_3()?;
         }
-        tx.commit()
+        if checked_version(&self.conn)? == 3 {
+            self.migrate_to_4()?;
+        }
+        Ok(())
     }
 
-    /// Version 3's changes to the tables of versions 1 and 2: the `actions` table is rebuilt
-    /// (its CHECK now allows `destroy`, and it has `due_at` and `network_url`), and
-    /// `lambda_instances` gains `network_id` and `public_ip_id`. SQLite's way: foreign keys
-    /// off (outside the transaction), the old table renamed without rewriting the references
-    /// to it, the new one made by `schema.sql`, the rows copied, the old table dropped.
-    fn before_version_3(&mut self) -> Result<()> {
+    /// Versions 1 and 2 to 3: the `actions` table is rebuilt (its CHECK now allows
+    /// `destroy`, and it has `due_at` and `network_url`), and `lambda_instances` gains
+    /// `network_id` and `public_ip_id`. SQLite's way: foreign keys off (outside the
+    /// transaction), the old table renamed without rewriting the references to it, the new one
+    /// made by version 3's schema, the rows copied, the old table dropped.
+    fn migrate_to_3(&mut self) -> Result<()> {
         self.conn.pragma_update(None, "foreign_keys", "OFF")?;
         self.conn.pragma_update(None, "legacy_alter_table", "ON")?;
         let rebuilt = (|| -> Result<()> {
             let tx = self.begin_write()?;
+            if checked_version(&tx)? >= 3 {
+                return Ok(());
+            }
             tx.execute_batch(
                 "ALTER TABLE actions RENAME TO actions_v2;
                  DROP INDEX IF EXISTS actions_one_live_per_instance;
@@ -63,7 +76,7 @@ impl Store {
                  ALTER TABLE lambda_instances ADD COLUMN network_id TEXT;
                  ALTER TABLE lambda_instances ADD COLUMN public_ip_id TEXT;",
             )?;
-            tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(V3)?;
             tx.execute_batch(
                 "INSERT INTO actions (id, instance_id, action, state, attempts, error, token,
                      compute_url, claim, lease_until, created_at, started_at, finished_at,
@@ -81,6 +94,49 @@ impl Store {
         self.conn.pragma_update(None, "foreign_keys", "ON")?;
         rebuilt
     }
+
+    /// Version 3 to 4: `action_vms`, whose `vm` column held `floatingip/<id>` and
+    /// `network/<id>` at positions 1000000 and 1000001, becomes `action_targets` with a kind
+    /// and a slot; `idempotency_keys` keeps each request's outcome (the 202's action, the
+    /// 409's sentence) instead of the answer's bytes, read out of them here.
+    fn migrate_to_4(&mut self) -> Result<()> {
+        let tx = self.begin_write()?;
+        if checked_version(&tx)? >= 4 {
+            return Ok(());
+        }
+        tx.execute_batch(
+            "ALTER TABLE idempotency_keys RENAME TO idempotency_keys_v3;
+             DROP INDEX IF EXISTS idempotency_keys_by_age;",
+        )?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(
+            "INSERT INTO action_targets (action_id, kind, slot, target_id, phase, seq, state,
+                 sent, since, next_at, polls, tries)
+             SELECT action_id,
+                 CASE WHEN vm LIKE 'floatingip/%' THEN 'floating_ip'
+                      WHEN vm LIKE 'network/%' THEN 'network' ELSE 'server' END,
+                 CASE WHEN position >= 1000000 THEN 0 ELSE position END,
+                 CASE WHEN vm LIKE 'floatingip/%' THEN substr(vm, 12)
+                      WHEN vm LIKE 'network/%' THEN substr(vm, 9) ELSE vm END,
+                 phase,
+                 ROW_NUMBER() OVER (PARTITION BY action_id ORDER BY phase, position) - 1,
+                 state, sent, since, next_at, polls, tries
+             FROM action_vms;
+             DROP TABLE action_vms;
+             INSERT INTO idempotency_keys (owner, key, fingerprint, status, action_id,
+                 base_url, message, created_at)
+             SELECT owner, key, fingerprint, status,
+                 CASE WHEN status = 202 THEN json_extract(body, '$.data[0].id') END,
+                 CASE WHEN status = 202 THEN substr(location, 1, instr(location, '/api/') - 1)
+                 END,
+                 CASE WHEN status = 409 THEN json_extract(body, '$.errors[0].message') END,
+                 created_at
+             FROM idempotency_keys_v3 WHERE status IN (202, 409) AND json_valid(body);
+             DROP TABLE idempotency_keys_v3;",
+        )?;
+        tx.pragma_update(None, "user_version", 4)?;
+        tx.commit()
+    }
 }
 
 #[cfg(test)]
@@ -93,12 +149,13 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::model::{ActionState, Status};
-    use crate::store::Database;
+    use crate::store::{Database, TargetState};
 
     /// Every version shipped before this one, with its schema as it was released.
     const SHIPPED: &[(i64, &str)] = &[
         (1, include_str!("schemas/v1.sql")),
         (2, include_str!("schemas/v2.sql")),
+        (3, V3),
     ];
 
     fn store_on(conn: Connection) -> Store {
@@ -116,11 +173,13 @@ mod tests {
         conn.execute_batch(schema).unwrap();
         conn.pragma_update(None, "user_version", version).unwrap();
         conn.execute_batch(
-            "INSERT INTO lambda_instances VALUES ('i1', 'hadoop', 'u', 'STARTING', NULL, 5);
+            "INSERT INTO lambda_instances (id, name, owner, status, failure_message, created_at)
+             VALUES ('i1', 'hadoop', 'u', 'STARTING', NULL, 5);
              INSERT INTO instance_servers VALUES ('i1', 0, 'm1'), ('i1', 1, 's1');
              INSERT INTO actions (id, instance_id, action, state, token, compute_url, created_at)
              VALUES ('a1', 'i1', 'start', 'queued', 't', 'http://c', 7);
-             INSERT INTO lambda_instances VALUES ('i2', 'spark', 'u', 'STOPPED', NULL, 6);
+             INSERT INTO lambda_instances (id, name, owner, status, failure_message, created_at)
+             VALUES ('i2', 'spark', 'u', 'STOPPED', NULL, 6);
              INSERT INTO instance_servers VALUES ('i2', 0, 'm2');
              INSERT INTO actions (id, instance_id, action, state, attempts, created_at,
                                   started_at, finished_at)
@@ -130,8 +189,18 @@ mod tests {
         .unwrap();
         if version >= 2 {
             conn.execute(
-                "INSERT INTO idempotency_keys VALUES ('u', 'k', 'f', 202, '{}', '/x', 900)",
+                "INSERT INTO idempotency_keys VALUES ('u', 'k', 'f', 202,
+                     '{\"data\":[{\"id\":\"a2\"}]}', 'http://h/api/x', 900)",
                 [],
+            )
+            .unwrap();
+        }
+        if version >= 3 {
+            // The live action's run had begun: its slave is waiting, its master still to do.
+            conn.execute_batch(
+                "UPDATE actions SET due_at = 7 WHERE id = 'a1';
+                 INSERT INTO action_vms (action_id, vm, position, phase, state, sent, next_at)
+                 VALUES ('a1', 's1', 1, 0, 'waiting', 1, 7), ('a1', 'm1', 0, 1, 'todo', 0, 7);",
             )
             .unwrap();
         }
@@ -198,12 +267,43 @@ mod tests {
                 .unwrap_or_else(|| panic!("{}", at("the live action is not due")));
             assert_eq!(job.action_id, "a1", "{}", at("claimed"));
             assert_eq!(job.token, "t", "{}", at("token"));
+            let targets: Vec<(String, u32, TargetState, bool)> = job
+                .targets
+                .iter()
+                .map(|t| (t.target.label(), t.phase, t.state, t.sent))
+                .collect();
+            let waiting = if version >= 3 {
+                (TargetState::Waiting, true)
+            } else {
+                (TargetState::Todo, false)
+            };
+            assert_eq!(
+                targets,
+                vec![
+                    ("s1".to_string(), 0, waiting.0, waiting.1),
+                    ("m1".to_string(), 1, TargetState::Todo, false)
+                ],
+                "{}",
+                at("the plan")
+            );
 
             let keys: i64 = store
                 .conn
                 .query_row("SELECT COUNT(*) FROM idempotency_keys", [], |r| r.get(0))
                 .unwrap();
             assert_eq!(keys, i64::from(version >= 2), "{}", at("idempotency keys"));
+            if version >= 2 {
+                let kept: (i64, String, String) = store
+                    .conn
+                    .query_row(
+                        "SELECT status, action_id, base_url FROM idempotency_keys",
+                        [],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .unwrap();
+                let want = (202, "a2".to_string(), "http://h".to_string());
+                assert_eq!(kept, want, "{}", at("the kept outcome"));
+            }
             let bad: Vec<String> = store
                 .conn
                 .prepare("PRAGMA foreign_key_check")

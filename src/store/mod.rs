@@ -3,13 +3,26 @@
 //! Each thread opens its own [`Store`] from the process's one [`Database`]. Writes run in
 //! `BEGIN IMMEDIATE` transactions, so that a writer waits for the lock under `busy_timeout`
 //! instead of failing when it upgrades a read lock. The files of this folder follow the
-//! tables: `instances.rs`, `actions.rs` (the action request), `history.rs` (reading actions
-//! and their steps), `jobs.rs` (the worker's claims and leases), `progress.rs` (what a tick
-//! saves), `idempotency.rs`; `commit.rs` is the group commit, with no SQL in it.
+//! tables: `instances.rs`, `actions.rs` (the action request, with its idempotency key),
+//! `history.rs` (reading actions and their steps), `jobs.rs` (the worker's claims and
+//! leases), `progress.rs` (a plan's targets, and what a tick saves), `end.rs` (an action's
+//! end), `idempotency.rs`; `commit.rs` is the group commit, with no SQL in it.
+//!
+//! Queries are functions of the connection (or transaction) they run in, so that a method of
+//! [`Store`] composes several of them in one transaction.
+
+/// The one spelling of "a live action" in SQL: queued or running. (The partial indexes of
+/// `schema.sql` repeat it, as SQLite matches their condition to a query's by its text.)
+macro_rules! live {
+    () => {
+        "state IN ('queued', 'running')"
+    };
+}
 
 mod actions;
 mod backup;
 mod commit;
+mod end;
 mod files;
 mod health;
 mod history;
@@ -26,13 +39,12 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-pub use actions::Requested;
-pub use backup::{Copied, Held, LIVE_AT_BACKUP};
+pub use actions::{ActionRequest, KeyUse, Requested};
+pub use backup::{Copied, DatabaseLock, LIVE_AT_BACKUP};
 pub use history::{ActionRecord, Step};
-pub use idempotency::{KeyClaim, StoredAnswer};
+pub use idempotency::Answer;
 pub use instances::{Instance, NewInstance, Summary};
-pub use jobs::{FLOATING_IP, NETWORK};
-pub use progress::{Job, NewStep, VmProgress, VmState};
+pub use progress::{Job, NewStep, TargetProgress, TargetState};
 
 use crate::clock::Clock;
 use crate::model::{ActionKind, ActionState, Status};
@@ -63,6 +75,11 @@ pub enum StoreError {
     InUse(PathBuf),
     /// A backup could not be made, or a file given to restore is not a usable backup.
     Backup(String),
+    /// A file given to restore cannot be read as a database.
+    Unreadable {
+        path: PathBuf,
+        source: Arc<rusqlite::Error>,
+    },
     /// The file was written by a newer lambda-api; it is left untouched.
     NewerSchema { found: i64, known: i64 },
     /// A row breaks an invariant of the schema, e.g. an instance without servers.
@@ -83,6 +100,9 @@ impl fmt::Display for StoreError {
                 path.display()
             ),
             StoreError::Backup(why) => write!(f, "{why}"),
+            StoreError::Unreadable { path, .. } => {
+                write!(f, "{} cannot be read as a database", path.display())
+            }
             StoreError::NewerSchema { found, known } => write!(
                 f,
                 "database schema version {found} is newer than this binary's {known}"
@@ -96,7 +116,7 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StoreError::Sqlite(e) => Some(e.as_ref()),
+            StoreError::Sqlite(e) | StoreError::Unreadable { source: e, .. } => Some(e.as_ref()),
             StoreError::Create { source, .. } | StoreError::File { source, .. } => {
                 Some(source.as_ref())
             }
@@ -153,8 +173,8 @@ struct Shared {
     /// ... 100 ms): that showed as a p99 near a second under 32 writers. Another process
     /// still meets `busy_timeout`.
     writer: Mutex<()>,
-    /// New actions waiting to be committed together.
-    requests: GroupCommit<actions::NewAction, Result<Requested>>,
+    /// Action requests waiting to be committed together.
+    requests: GroupCommit<ActionRequest, Result<Requested>>,
     /// Whether the last write found the disk writable.
     health: health::WriteHealth,
 }

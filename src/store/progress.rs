@@ -1,52 +1,52 @@
-//! The `action_vms` table and an action's steps, as a tick saves them: where the run is with
-//! each VM, and what it did. Every write checks that the tick's claim still holds.
+//! The `action_targets` table and an action's steps, as a tick saves them: where the run is
+//! with each target of its plan, and what it did. Every write checks that the tick's claim
+//! still holds.
 
 use std::time::Duration;
 
-use rusqlite::{params, Transaction};
+use rusqlite::{params, Connection};
 
-use super::{millis, Result, Store};
+use super::{bad_value, millis, Result, Store};
 use crate::model::ActionKind;
+use crate::plan::{Plan, Target, TargetKind};
 
-/// Where a run is with one VM.
+/// Where a run is with one target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmState {
+pub enum TargetState {
     /// Not looked at yet in this run.
     Todo,
-    /// Read at least once; not in its target state yet.
+    /// Looked at (read, or its command sent); not where the action takes it yet.
     Waiting,
-    /// In its target state.
+    /// Where the action takes it.
     Done,
 }
 
-impl VmState {
+impl TargetState {
     fn name(self) -> &'static str {
         match self {
-            VmState::Todo => "todo",
-            VmState::Waiting => "waiting",
-            VmState::Done => "done",
+            TargetState::Todo => "todo",
+            TargetState::Waiting => "waiting",
+            TargetState::Done => "done",
         }
     }
 
-    fn parse(name: &str) -> rusqlite::Result<VmState> {
+    fn parse(name: &str) -> rusqlite::Result<TargetState> {
         match name {
-            "todo" => Ok(VmState::Todo),
-            "waiting" => Ok(VmState::Waiting),
-            "done" => Ok(VmState::Done),
-            other => Err(super::bad_value(format!("unknown VM state {other:?}"))),
+            "todo" => Ok(TargetState::Todo),
+            "waiting" => Ok(TargetState::Waiting),
+            "done" => Ok(TargetState::Done),
+            other => Err(bad_value(format!("unknown target state {other:?}"))),
         }
     }
 }
 
-/// One VM of a claimed action, and where its run is with it.
+/// One target of a claimed action, and where its run is with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmProgress {
-    pub vm: String,
-    /// The instance's order: 0 is the master.
-    pub position: i64,
-    /// 0 goes first; 1 once every VM of phase 0 is done.
-    pub phase: i64,
-    pub state: VmState,
+pub struct TargetProgress {
+    pub target: Target,
+    /// 0 goes first; each phase once every target of the one before is done.
+    pub phase: u32,
+    pub state: TargetState,
     /// The action's command was sent to it, or found under way.
     pub sent: bool,
     /// When the wait for it began: the command sent or found under way, or its first read.
@@ -59,17 +59,17 @@ pub struct VmProgress {
     pub tries: i64,
 }
 
-impl VmProgress {
-    /// The VM's command went out (or was found under way) at `at`: its wait starts then.
+impl TargetProgress {
+    /// The target's command went out (or was found under way) at `at`: its wait starts then.
     pub fn commanded(&mut self, at: i64) {
         self.sent = true;
         self.since = Some(at);
         self.polls = 0;
     }
 
-    /// The VM was read for the first time at `at`.
+    /// The target was read for the first time at `at`.
     pub fn first_read(&mut self, at: i64) {
-        self.state = VmState::Waiting;
+        self.state = TargetState::Waiting;
         self.since = Some(at);
     }
 }
@@ -83,52 +83,54 @@ pub struct Job {
     pub action: ActionKind,
     pub token: String,
     pub compute_url: String,
-    /// The catalog's network endpoint, for a destroy's floating IP and private network.
+    /// The catalog's network endpoint, for floating IPs and private networks.
     pub network_url: Option<String>,
     pub claim: String,
     /// How many times a run took the action up: 1, then one more for each restart or
     /// takeover of an expired lease.
     pub attempt: i64,
     pub created_at: i64,
-    pub vms: Vec<VmProgress>,
+    /// The plan's targets, in its order.
+    pub targets: Vec<TargetProgress>,
 }
 
 /// One line of an action's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewStep {
+    /// The target's label ([`Target::label`]), or several of them joined by commas.
     pub vm: String,
     pub op: String,
     pub result: String,
 }
 
-/// Whether `claim` still holds `action_id`; renews its lease if it does.
-fn renew(tx: &Transaction, action_id: &str, claim: &str, until: i64) -> Result<bool> {
-    Ok(tx
+/// Whether `claim` still holds `action_id`; renews its lease to `until` if given.
+fn holds(conn: &Connection, action_id: &str, claim: &str, until: Option<i64>) -> Result<bool> {
+    Ok(conn
         .prepare_cached(
-            "UPDATE actions SET lease_until = ?3 WHERE id = ?1 AND claim = ?2 AND state = 'running'",
+            "UPDATE actions SET lease_until = COALESCE(?3, lease_until)
+             WHERE id = ?1 AND claim = ?2 AND state = 'running'",
         )?
         .execute(params![action_id, claim, until])?
         == 1)
 }
 
 impl Store {
-    /// Saves what a tick did: the VMs it changed and the steps it took, and renews the
+    /// Saves what a tick did: the targets it changed and the steps it took, and renews the
     /// lease. Returns false when the claim is no longer current (the action was taken over):
     /// the caller must stop working on it.
     pub fn save(
         &mut self,
         job: &Job,
         lease: Duration,
-        vms: &[VmProgress],
+        targets: &[TargetProgress],
         steps: &[NewStep],
     ) -> Result<bool> {
         let now = self.now_ms();
         let tx = self.begin_write()?;
-        if !renew(&tx, &job.action_id, &job.claim, now + millis(lease))?
-            || !write_progress(&tx, job, now, vms, steps)?
-        {
+        if !holds(&tx, &job.action_id, &job.claim, Some(now + millis(lease)))? {
             return Ok(false);
         }
+        write_progress(&tx, &job.action_id, now, targets, steps)?;
         tx.commit()?;
         Ok(true)
     }
@@ -139,14 +141,15 @@ impl Store {
         &mut self,
         job: &Job,
         due_at: i64,
-        vms: &[VmProgress],
+        targets: &[TargetProgress],
         steps: &[NewStep],
     ) -> Result<bool> {
         let now = self.now_ms();
         let tx = self.begin_write()?;
-        if !write_progress(&tx, job, now, vms, steps)? {
+        if !holds(&tx, &job.action_id, &job.claim, None)? {
             return Ok(false);
         }
+        write_progress(&tx, &job.action_id, now, targets, steps)?;
         tx.prepare_cached(
             "UPDATE actions SET claim = NULL, lease_until = NULL, due_at = ?2 WHERE id = ?1",
         )?
@@ -156,70 +159,95 @@ impl Store {
     }
 }
 
-/// Writes `vms` and `steps` of `job`, if its claim still holds.
+/// Whether `claim` holds `action_id` now, without renewing it.
+pub(super) fn claim_holds(conn: &Connection, action_id: &str, claim: &str) -> Result<bool> {
+    holds(conn, action_id, claim, None)
+}
+
+/// Writes `targets` and `steps` of `action_id`; the caller has checked its claim.
 pub(super) fn write_progress(
-    tx: &Transaction,
-    job: &Job,
+    conn: &Connection,
+    action_id: &str,
     now: i64,
-    vms: &[VmProgress],
+    targets: &[TargetProgress],
     steps: &[NewStep],
-) -> Result<bool> {
-    let held: bool = tx
-        .prepare_cached(
-            "SELECT COUNT(*) > 0 FROM actions WHERE id = ?1 AND claim = ?2 AND state = 'running'",
-        )?
-        .query_row(params![job.action_id, job.claim], |r| r.get(0))?;
-    if !held {
-        return Ok(false);
-    }
-    let mut update = tx.prepare_cached(
-        "UPDATE action_vms SET state = ?3, sent = ?4, since = ?5, next_at = ?6,
-             polls = ?7, tries = ?8
-         WHERE action_id = ?1 AND vm = ?2",
+) -> Result<()> {
+    let mut update = conn.prepare_cached(
+        "UPDATE action_targets SET target_id = ?4, state = ?5, sent = ?6, since = ?7,
+             next_at = ?8, polls = ?9, tries = ?10
+         WHERE action_id = ?1 AND kind = ?2 AND slot = ?3",
     )?;
-    for v in vms {
+    for t in targets {
         update.execute(params![
-            job.action_id,
-            v.vm,
-            v.state.name(),
-            v.sent,
-            v.since,
-            v.next_at,
-            v.polls,
-            v.tries
+            action_id,
+            t.target.kind.name(),
+            t.target.slot,
+            t.target.id,
+            t.state.name(),
+            t.sent,
+            t.since,
+            t.next_at,
+            t.polls,
+            t.tries
         ])?;
     }
-    let mut insert = tx.prepare_cached(
+    let mut insert = conn.prepare_cached(
         "INSERT INTO action_steps (action_id, seq, vm, op, result, at)
          SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5
          FROM action_steps WHERE action_id = ?1",
     )?;
     for s in steps {
-        insert.execute(params![job.action_id, s.vm, s.op, s.result, now])?;
+        insert.execute(params![action_id, s.vm, s.op, s.result, now])?;
     }
-    Ok(true)
+    Ok(())
 }
 
-/// The VMs of an action, in the instance's order.
-pub(super) fn read_vms(tx: &Transaction, action_id: &str) -> Result<Vec<VmProgress>> {
-    let vms = tx
+/// Saves `plan` as the targets of `action_id`, each to do from `now`.
+pub(super) fn write_plan(conn: &Connection, action_id: &str, plan: &Plan, now: i64) -> Result<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO action_targets (action_id, kind, slot, target_id, phase, seq, state,
+                                     next_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'todo', ?7)",
+    )?;
+    for (seq, (phase, t)) in plan.targets().enumerate() {
+        insert.execute(params![
+            action_id,
+            t.kind.name(),
+            t.slot,
+            t.id,
+            phase,
+            seq as i64,
+            now
+        ])?;
+    }
+    Ok(())
+}
+
+/// The targets of an action, in its plan's order.
+pub(super) fn read_targets(conn: &Connection, action_id: &str) -> Result<Vec<TargetProgress>> {
+    let targets = conn
         .prepare_cached(
-            "SELECT vm, position, phase, state, sent, since, next_at, polls, tries
-             FROM action_vms WHERE action_id = ?1 ORDER BY position",
+            "SELECT kind, slot, target_id, phase, state, sent, since, next_at, polls, tries
+             FROM action_targets WHERE action_id = ?1 ORDER BY seq",
         )?
         .query_map(params![action_id], |r| {
-            Ok(VmProgress {
-                vm: r.get(0)?,
-                position: r.get(1)?,
-                phase: r.get(2)?,
-                state: VmState::parse(&r.get::<_, String>(3)?)?,
-                sent: r.get(4)?,
-                since: r.get(5)?,
-                next_at: r.get(6)?,
-                polls: r.get(7)?,
-                tries: r.get(8)?,
+            let kind: String = r.get(0)?;
+            Ok(TargetProgress {
+                target: Target {
+                    kind: TargetKind::parse(&kind)
+                        .ok_or_else(|| bad_value(format!("unknown target kind {kind:?}")))?,
+                    slot: r.get(1)?,
+                    id: r.get(2)?,
+                },
+                phase: r.get(3)?,
+                state: TargetState::parse(&r.get::<_, String>(4)?)?,
+                sent: r.get(5)?,
+                since: r.get(6)?,
+                next_at: r.get(7)?,
+                polls: r.get(8)?,
+                tries: r.get(9)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(vms)
+    Ok(targets)
 }

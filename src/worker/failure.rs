@@ -1,13 +1,16 @@
 //! How a tick ends early: the failure an action's user reads, or why the tick stopped.
 
 use crate::okeanos::{OkeanosError, ServerState};
+use crate::plan::{Target, TargetKind};
+use crate::report::Report;
 
-/// Why an action failed for good: what its user reads in `error` and `failure_message`.
+/// Why an action failed for good: what its user reads in `error` and `failure_message`. It
+/// keeps ~okeanos's error as it came (its kind decided that it was not worth trying again).
 #[derive(Debug)]
 pub enum Failure {
     /// ~okeanos refused a call for good, or kept failing past `max_attempts`.
     Okeanos {
-        vm: String,
+        target: Target,
         op: &'static str,
         error: OkeanosError,
     },
@@ -24,11 +27,11 @@ pub enum Failure {
         secs: u64,
         last: ServerState,
     },
-    /// A destroy could not delete a floating IP or a private network.
-    Resource { name: String, error: OkeanosError },
-    /// A destroy has a network resource to delete, and the service catalog no network
-    /// endpoint to delete it at.
+    /// A network resource is to be acted on, and the service catalog has no network
+    /// endpoint to act on it at.
     NoNetworkEndpoint(String),
+    /// The plan asks for a command that does not apply to the target (a bug).
+    Inapplicable { op: &'static str, target: String },
     /// The run panicked: a bug, contained.
     Panicked(String),
 }
@@ -36,8 +39,15 @@ pub enum Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            // ~okeanos's own message first: it says what the user can do about it.
-            Failure::Okeanos { vm, op, error } => write!(f, "{error} on {op} of server {vm}"),
+            // ~okeanos's own message first, with its causes: it says what the user can do
+            // about it.
+            Failure::Okeanos { target, op, error } => {
+                let what = match target.kind {
+                    TargetKind::Server => "server ",
+                    _ => "",
+                };
+                write!(f, "{} on {op} of {what}{}", Report(error), target.label())
+            }
             Failure::Stuck { vm, status, op } => {
                 write!(f, "server {vm} is {status}; cannot {op}")
             }
@@ -50,23 +60,14 @@ impl std::fmt::Display for Failure {
                 f,
                 "server {vm} did not become {target} within {secs} s (last status {last})"
             ),
-            Failure::Resource { name, error } => write!(f, "{error} on delete of {name}"),
             Failure::NoNetworkEndpoint(name) => write!(
                 f,
                 "cannot delete {name}: the service catalog has no network endpoint"
             ),
+            Failure::Inapplicable { op, target } => write!(f, "cannot {op} {target}"),
             Failure::Panicked(what) => {
                 write!(f, "internal error while running the action: {what}")
             }
-        }
-    }
-}
-
-impl std::error::Error for Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Failure::Okeanos { error, .. } | Failure::Resource { error, .. } => Some(error),
-            _ => None,
         }
     }
 }

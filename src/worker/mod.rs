@@ -1,13 +1,13 @@
 //! The worker pool: named threads that claim actions from SQLite and run them against
-//! ~okeanos. The channel only wakes a worker up; SQLite says what there is to do, so a full
-//! channel or a restart loses nothing.
+//! ~okeanos, a tick at a time (`run.rs`), each target of an action's plan through one state
+//! machine (`target.rs`). The channel only wakes a worker up; SQLite says what there is to
+//! do, so a full channel or a restart loses nothing.
 
-mod destroy;
-pub mod eta;
 mod failure;
 mod listing;
+mod retry_save;
 mod run;
-mod stranded;
+mod target;
 mod unsaved;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -20,17 +20,16 @@ use log::{error, info, warn};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::idempotency;
+use crate::eta::Eta;
 use crate::metrics::Metrics;
 use crate::okeanos::Client;
 use crate::report::Report;
 use crate::shutdown::Shutdown;
-use crate::store::{Database, Job, Store, VmState};
-use eta::Eta;
+use crate::store::{Database, Job, Store, TargetState};
 use failure::{Failure, Stop};
 use listing::Listings;
+use retry_save::RetrySave;
 use run::Tick;
-use stranded::Stranded;
 use unsaved::Unsaved;
 
 /// How often an idle worker looks at SQLite for work nobody woke it up for (an action whose
@@ -65,20 +64,23 @@ impl Settings {
 }
 
 /// What the workers share with the rest of the service.
-pub struct Outside {
+pub struct Context {
     /// The ~okeanos client (its connection pool is shared with identity checks).
     pub client: Client,
     pub metrics: Arc<Metrics>,
     /// Where the workers record how long actions take.
     pub eta: Arc<Eta>,
     /// Wakes an idle worker when an action is parked, so that it plans its wait anew.
-    pub nudge: Sender<String>,
+    pub wake: Sender<()>,
+    /// Tells housekeeping that an action ended (its token erased).
+    pub ended: Sender<()>,
 }
 
 /// The running pool.
 pub struct Pool {
     threads: Vec<JoinHandle<()>>,
-    abandon: Arc<Shutdown>,
+    /// Triggered when the shutdown grace is over: running ticks stop after their call.
+    grace_over: Arc<Shutdown>,
     /// One message per worker thread that has ended.
     done: Receiver<()>,
 }
@@ -89,29 +91,27 @@ impl Pool {
         count: usize,
         database: &Database,
         settings: Settings,
-        wakeups: Receiver<String>,
-        outside: Outside,
+        wakeups: Receiver<()>,
+        context: Context,
         shutdown: Arc<Shutdown>,
     ) -> Result<Pool, Error> {
         let mut threads = Vec::with_capacity(count);
-        let abandon = Arc::new(Shutdown::default());
+        let grace_over = Arc::new(Shutdown::default());
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let listings = Arc::new(Listings::default());
         for n in 0..count {
             let worker = Worker {
                 store: database.open_for_worker()?,
-                client: outside.client.clone(),
+                client: context.client.clone(),
                 settings: settings.clone(),
-                metrics: outside.metrics.clone(),
-                eta: outside.eta.clone(),
-                nudge: outside.nudge.clone(),
+                metrics: context.metrics.clone(),
+                eta: context.eta.clone(),
+                wake: context.wake.clone(),
+                ended: context.ended.clone(),
                 listings: listings.clone(),
                 shutdown: shutdown.clone(),
-                abandon: abandon.clone(),
-                last_purge: Instant::now(),
-                wal_dirty: false,
-                last_truncate: Instant::now(),
-                stranded: Vec::new(),
+                grace_over: grace_over.clone(),
+                retry_saves: Vec::new(),
             };
             let wakeups = wakeups.clone();
             let done = done_tx.clone();
@@ -130,7 +130,7 @@ impl Pool {
         }
         Ok(Pool {
             threads,
-            abandon,
+            grace_over,
             done: done_rx,
         })
     }
@@ -151,7 +151,7 @@ impl Pool {
         if finished < self.threads.len() {
             info!("shutdown grace over: leaving running actions to the next start");
         }
-        self.abandon.trigger();
+        self.grace_over.trigger();
         for t in self.threads {
             let _ = t.join();
         }
@@ -164,40 +164,31 @@ struct Worker {
     settings: Settings,
     metrics: Arc<Metrics>,
     eta: Arc<Eta>,
-    nudge: Sender<String>,
+    wake: Sender<()>,
+    ended: Sender<()>,
     listings: Arc<Listings>,
     /// Take no new action; finish the running ones.
     shutdown: Arc<Shutdown>,
     /// Stop the current tick after the call in progress (the shutdown grace period is over).
-    abandon: Arc<Shutdown>,
-    last_purge: Instant,
-    /// An action ended (its token erased) since the WAL was last truncated.
-    wal_dirty: bool,
-    last_truncate: Instant,
+    grace_over: Arc<Shutdown>,
     /// Ends of ticks the database refused, to save again.
-    stranded: Vec<Stranded>,
+    retry_saves: Vec<RetrySave>,
 }
 
-/// Under steady load (no idle moment), the WAL is still truncated this often.
-const TRUNCATE_EVERY: Duration = Duration::from_secs(5);
-
 impl Worker {
-    fn run_loop(mut self, wakeups: &Receiver<String>) {
-        while !self.abandon.is_triggered() {
-            self.save_stranded();
+    fn run_loop(mut self, wakeups: &Receiver<()>) {
+        while !self.grace_over.is_triggered() {
+            self.save_again();
             let stopping = self.shutdown.is_triggered();
             match self.store.claim_due(self.settings.lease, !stopping) {
                 Ok(Some(job)) => {
                     self.run_tick(job);
-                    if self.last_truncate.elapsed() >= TRUNCATE_EVERY {
-                        self.truncate_wal();
-                    }
                     continue;
                 }
-                Ok(None) => self.truncate_wal(),
+                Ok(None) => {}
                 Err(e) => {
                     error!("claiming an action: {}", Report(&e));
-                    if self.abandon.sleep(IDLE_TICK) {
+                    if self.grace_over.sleep(IDLE_TICK) {
                         break;
                     }
                     continue;
@@ -213,14 +204,6 @@ impl Worker {
             if stopping && next.is_none() {
                 break; // Nothing running is left to finish.
             }
-            if !stopping && self.last_purge.elapsed() >= idempotency::PURGE_EVERY {
-                self.last_purge = Instant::now();
-                match idempotency::purge(&mut self.store) {
-                    Ok(0) => {}
-                    Ok(n) => info!("purged {n} expired idempotency key(s)"),
-                    Err(e) => warn!("purging idempotency keys: {}", Report(&e)),
-                }
-            }
             // Until the next due time (never longer than IDLE_TICK, for what another process
             // or a lost wake-up may have left), a wake-up, or the end.
             let wait = next.map_or(IDLE_TICK, |at| {
@@ -230,7 +213,7 @@ impl Worker {
             if stopping {
                 select! {
                     recv(wakeups) -> _ => {},
-                    recv(self.abandon.receiver()) -> _ => break,
+                    recv(self.grace_over.receiver()) -> _ => break,
                     default(wait) => {}
                 }
             } else {
@@ -243,28 +226,14 @@ impl Worker {
         }
     }
 
-    /// Erased tokens may still sit in WAL frames; once an action has ended, the WAL is
-    /// checkpointed and truncated when this worker is idle, or every few seconds under load.
-    fn truncate_wal(&mut self) {
-        if !self.wal_dirty {
-            return;
-        }
-        self.last_truncate = Instant::now();
-        match self.store.truncate_wal() {
-            Ok(true) => self.wal_dirty = false,
-            Ok(false) => log::debug!("WAL truncation blocked by readers; will try again"),
-            Err(e) => warn!("truncating the WAL: {}", Report(&e)),
-        }
-    }
-
     /// One tick of a claimed action, and what becomes of the action: parked until it is due
     /// again, or ended.
     fn run_tick(&mut self, mut job: Job) {
         let id = job.action_id.clone();
         if job
-            .vms
+            .targets
             .iter()
-            .all(|v| v.state == VmState::Todo && v.tries == 0)
+            .all(|t| t.state == TargetState::Todo && t.tries == 0)
         {
             info!(
                 "action {id}: {} instance {} (attempt {})",
@@ -282,18 +251,18 @@ impl Worker {
                     "action {id}: parked, due again in {} ms",
                     at - self.store.now_ms()
                 );
-                let vms = unsaved.vms(&job);
-                match self.store.park(&job, at, &vms, &unsaved.steps) {
+                let targets = unsaved.targets(&job);
+                match self.store.park(&job, at, &targets, &unsaved.steps) {
                     Ok(true) => {
-                        let _ = self.nudge.try_send(String::new());
+                        let _ = self.wake.try_send(());
                     }
                     Ok(false) => warn!("action {id}: taken over before it could be parked"),
                     Err(e) => {
                         error!("action {id}: parking it: {}; trying again", Report(&e));
-                        self.stranded.push(Stranded::Park {
+                        self.retry_saves.push(RetrySave::Park {
                             job,
                             at,
-                            vms,
+                            targets,
                             steps: unsaved.steps,
                         });
                     }
@@ -306,7 +275,7 @@ impl Worker {
                 let now = self.store.now_ms();
                 if let Err(e) = self
                     .store
-                    .park(&job, now, &unsaved.vms(&job), &unsaved.steps)
+                    .park(&job, now, &unsaved.targets(&job), &unsaved.steps)
                 {
                     error!("action {id}: leaving it: {}", Report(&e));
                 }
@@ -342,7 +311,7 @@ impl Worker {
                     "action {id}: recording its end: {}; trying again",
                     Report(&e)
                 );
-                self.stranded.push(Stranded::Finish {
+                self.retry_saves.push(RetrySave::Finish {
                     job,
                     error,
                     steps: unsaved.steps,
@@ -355,7 +324,7 @@ impl Worker {
     fn ended(&mut self, job: &Job, error: Option<&str>) {
         let id = &job.action_id;
         let took = Duration::from_millis((self.store.now_ms() - job.created_at).max(0) as u64);
-        self.wal_dirty = true;
+        let _ = self.ended.try_send(());
         let state = if error.is_some() {
             "failed"
         } else {
@@ -369,8 +338,9 @@ impl Worker {
                 took.as_millis()
             ),
             Some(e) => warn!(
-                "action {id}: failed {} ms after it was accepted: {e}",
-                took.as_millis()
+                "action {id}: failed {} ms after it was accepted: {}",
+                took.as_millis(),
+                crate::report::escaped(e)
             ),
         }
     }

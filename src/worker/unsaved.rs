@@ -1,14 +1,14 @@
-//! What a tick has done and not yet saved: the VMs it changed and the steps it took.
+//! What a tick has done and not yet saved: the targets it changed and the steps it took.
 
 use std::collections::BTreeSet;
 
-use crate::store::{Job, NewStep, VmProgress};
+use crate::store::{Job, NewStep, TargetProgress};
 
-/// What a tick has done and not yet saved: saved before the tick's first command, and with
-/// the action's parking or end.
+/// What a tick has done and not yet saved: saved every few commands, and with the action's
+/// parking or end.
 #[derive(Default)]
 pub(super) struct Unsaved {
-    /// The indexes of the VMs changed.
+    /// The indexes of the targets changed.
     pub(super) changed: BTreeSet<usize>,
     pub(super) steps: Vec<NewStep>,
     /// Commands sent since the last save.
@@ -16,14 +16,17 @@ pub(super) struct Unsaved {
 }
 
 impl Unsaved {
-    /// Marks VM `i` as changed.
+    /// Marks target `i` as changed.
     pub(super) fn touch(&mut self, i: usize) {
         self.changed.insert(i);
     }
 
-    /// The VMs of `job` this tick changed.
-    pub(super) fn vms(&self, job: &Job) -> Vec<VmProgress> {
-        self.changed.iter().map(|i| job.vms[*i].clone()).collect()
+    /// The targets of `job` this tick changed.
+    pub(super) fn targets(&self, job: &Job) -> Vec<TargetProgress> {
+        self.changed
+            .iter()
+            .map(|i| job.targets[*i].clone())
+            .collect()
     }
 
     pub(super) fn step(&mut self, vm: &str, op: &str, result: impl Into<String>) {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use lambda_api::model::{ActionKind, Status};
-use lambda_api::store::{Database, NewStep, Requested, Synchronous};
+use lambda_api::store::{ActionRequest, Database, NewStep, Requested, Synchronous};
 
 use crate::{err, instance, Res};
 
@@ -36,9 +36,18 @@ pub fn database_size(work: &Path, table: &mut String) -> Res<()> {
         } else {
             ActionKind::Stop
         };
-        let seen = store.seen(id, &owner).map_err(err("seen"))?;
+        let snapshot = store.snapshot(id, &owner).map_err(err("snapshot"))?;
+        let request = ActionRequest {
+            instance_id: id.clone(),
+            owner: owner.clone(),
+            kind,
+            token: token.clone(),
+            compute_url: compute.into(),
+            network_url: None,
+            key: None,
+        };
         match store
-            .request_action(seen.as_ref(), id, &owner, kind, &token, (compute, None))
+            .request_action(snapshot.as_ref(), request)
             .map_err(err("request"))?
         {
             Requested::Created(_) => {}
@@ -49,11 +58,11 @@ pub fn database_size(work: &Path, table: &mut String) -> Res<()> {
             .map_err(err("claim"))?
             .ok_or("nothing to claim")?;
         let steps: Vec<NewStep> = job
-            .vms
+            .targets
             .iter()
-            .flat_map(|vm| {
+            .flat_map(|t| {
                 [("start", "sent"), ("status", "ACTIVE")].map(|(op, result)| NewStep {
-                    vm: vm.vm.clone(),
+                    vm: t.target.label(),
                     op: op.into(),
                     result: result.into(),
                 })

@@ -8,15 +8,15 @@ use log::{error, info};
 
 use super::Worker;
 use crate::report::Report;
-use crate::store::{Job, NewStep, VmProgress};
+use crate::store::{Job, NewStep, TargetProgress};
 
-/// A save to try again.
-pub(super) enum Stranded {
+/// A save the database refused, to try again.
+pub(super) enum RetrySave {
     /// Park `job` until `at`, with what the tick changed.
     Park {
         job: Job,
         at: i64,
-        vms: Vec<VmProgress>,
+        targets: Vec<TargetProgress>,
         steps: Vec<NewStep>,
     },
     /// End `job`: succeeded (`error` None) or failed.
@@ -27,36 +27,36 @@ pub(super) enum Stranded {
     },
 }
 
-impl Stranded {
+impl RetrySave {
     fn action_id(&self) -> &str {
         match self {
-            Stranded::Park { job, .. } | Stranded::Finish { job, .. } => &job.action_id,
+            RetrySave::Park { job, .. } | RetrySave::Finish { job, .. } => &job.action_id,
         }
     }
 }
 
 impl Worker {
-    /// Tries every stranded save once; keeps those that fail again.
-    pub(super) fn save_stranded(&mut self) {
-        if self.stranded.is_empty() {
+    /// Tries every refused save once again; keeps those that fail again.
+    pub(super) fn save_again(&mut self) {
+        if self.retry_saves.is_empty() {
             return;
         }
-        for save in std::mem::take(&mut self.stranded) {
+        for save in std::mem::take(&mut self.retry_saves) {
             let saved = match &save {
-                Stranded::Park {
+                RetrySave::Park {
                     job,
                     at,
-                    vms,
+                    targets,
                     steps,
-                } => self.store.park(job, *at, vms, steps),
-                Stranded::Finish { job, error, steps } => {
+                } => self.store.park(job, *at, targets, steps),
+                RetrySave::Finish { job, error, steps } => {
                     self.store.finish(job, error.as_deref(), steps)
                 }
             };
             match saved {
                 Ok(true) => {
                     info!("action {}: saved at last", save.action_id());
-                    if let Stranded::Finish { job, error, .. } = &save {
+                    if let RetrySave::Finish { job, error, .. } = &save {
                         self.ended(job, error.as_deref());
                     }
                 }
@@ -66,7 +66,7 @@ impl Worker {
                 ),
                 Err(e) => {
                     error!("action {}: saving it: {}", save.action_id(), Report(&e));
-                    self.stranded.push(save);
+                    self.retry_saves.push(save);
                 }
             }
         }

@@ -1,0 +1,213 @@
+//! The one state machine every target of a plan goes through, whatever its kind and the
+//! action's command: read it; skip it if it is already where the command takes it; wait for
+//! the command if it is already under way; else send the command; then read it again until it
+//! is there, failing when waiting cannot help or takes too long. A thing this service does not
+//! read (a floating IP, a network) is sent its command at once, and the answer says where it
+//! is. Which status means what is `okeanos.rs`'s to say.
+
+use super::failure::{Failure, Stop};
+use super::unsaved::Unsaved;
+use super::Worker;
+use crate::okeanos::{target_status, OkeanosError, Sent, ServerState};
+use crate::plan::{Command, TargetKind};
+use crate::store::{Job, TargetState};
+
+/// What was learnt of a target before acting on it.
+pub(super) enum Observed {
+    /// A server as its owner's listing shows it; None when it is not listed (gone).
+    Server(Option<ServerState>),
+    /// Nothing: the target is not read before its command.
+    Unread,
+}
+
+impl Worker {
+    /// Moves target `i` on from what was `observed` of it at `now`: done, its command sent,
+    /// or due again.
+    pub(super) fn advance(
+        &mut self,
+        job: &mut Job,
+        unsaved: &mut Unsaved,
+        i: usize,
+        command: Command,
+        observed: Observed,
+        now: i64,
+    ) -> Result<(), Stop> {
+        unsaved.touch(i);
+        let label = job.targets[i].target.label();
+        let state = match observed {
+            Observed::Unread => return self.send(job, unsaved, i, command, None, now),
+            Observed::Server(Some(s)) if !(command == Command::Delete && s.reached(command)) => s,
+            Observed::Server(_) if command == Command::Delete => {
+                let t = &mut job.targets[i];
+                let result = if t.state == TargetState::Todo && !t.sent {
+                    "skipped: already gone".to_string()
+                } else {
+                    format!("DELETED after {} polls", t.polls)
+                };
+                t.state = TargetState::Done;
+                unsaved.step(&label, command.name(), result);
+                return Ok(());
+            }
+            Observed::Server(_) => {
+                let error = OkeanosError::Fault {
+                    status: 404,
+                    name: "itemNotFound".into(),
+                    message: format!("Server {label} not found"),
+                };
+                unsaved.step(&label, "status", error.to_string());
+                let target = job.targets[i].target.clone();
+                let op = "status";
+                return Err(Stop::Failed(Failure::Okeanos { target, op, error }));
+            }
+        };
+        let first_read = job.targets[i].state == TargetState::Todo;
+        if first_read {
+            unsaved.step(&label, "status", state.to_string());
+            job.targets[i].first_read(now);
+        }
+        job.targets[i].tries = 0;
+        if state.reached(command) {
+            let t = &mut job.targets[i];
+            t.state = TargetState::Done;
+            let target = target_status(command);
+            if first_read && !t.sent {
+                unsaved.step(&label, command.name(), format!("skipped: already {target}"));
+            } else {
+                let polls = t.polls;
+                unsaved.step(&label, "wait", format!("{target} after {polls} polls"));
+            }
+            return Ok(());
+        }
+        if state.hopeless(command) {
+            let failure = Failure::Stuck {
+                vm: label.clone(),
+                status: state.status,
+                op: command.name(),
+            };
+            unsaved.step(&label, "wait", failure.to_string());
+            return Err(Stop::Failed(failure));
+        }
+        if state.under_way(command) && !job.targets[i].sent {
+            unsaved.step(&label, command.name(), "already under way");
+            job.targets[i].commanded(now);
+        }
+        if state.accepts(command) && !job.targets[i].sent {
+            return self.send(job, unsaved, i, command, Some(state), now);
+        }
+        self.schedule_poll(job, unsaved, i, now, state, command)
+    }
+
+    /// Sends `command` to target `i`, last seen in `state` (None: not read), and moves it on
+    /// from the answer.
+    fn send(
+        &mut self,
+        job: &mut Job,
+        unsaved: &mut Unsaved,
+        i: usize,
+        command: Command,
+        state: Option<ServerState>,
+        now: i64,
+    ) -> Result<(), Stop> {
+        let target = job.targets[i].target.clone();
+        let label = target.label();
+        let id = target.id.as_deref().unwrap_or_default();
+        self.before_send(job, unsaved, i)?;
+        let (compute, token) = (&job.compute_url, &job.token);
+        let network = job.network_url.as_deref();
+        let answer = match (target.kind, command, network) {
+            (TargetKind::Server, _, _) => self.client.command_server(compute, token, id, command),
+            (_, Command::Delete, None) => {
+                unsaved.step(&label, command.name(), "no network endpoint");
+                return Err(Stop::Failed(Failure::NoNetworkEndpoint(label)));
+            }
+            (TargetKind::FloatingIp, Command::Delete, Some(network)) => {
+                self.client.delete_floating_ip(network, token, id)
+            }
+            (TargetKind::Network, Command::Delete, Some(network)) => {
+                self.client.delete_network(network, token, id)
+            }
+            _ => {
+                let op = command.name();
+                return Err(Stop::Failed(Failure::Inapplicable { op, target: label }));
+            }
+        };
+        match (answer, state) {
+            (Ok(Sent::Gone), _) => {
+                unsaved.step(&label, command.name(), "already gone");
+                job.targets[i].state = TargetState::Done;
+                Ok(())
+            }
+            (Ok(Sent::Accepted), None) => {
+                unsaved.step(&label, command.name(), "deleted");
+                job.targets[i].state = TargetState::Done;
+                Ok(())
+            }
+            (Ok(Sent::Accepted), Some(state)) => {
+                unsaved.step(&label, command.name(), "accepted");
+                // The wait counts from the command, however long the tick took to get to it.
+                let sent_at = self.store.now_ms();
+                job.targets[i].commanded(sent_at);
+                self.schedule_poll(job, unsaved, i, sent_at, state, command)
+            }
+            // Synnefo answers 400 when the server is not in a state the command applies to;
+            // that may be because it just moved. Read it again before failing.
+            (Err(error), Some(_)) if error.status() == Some(400) => {
+                match self.client.server_status(compute, token, id) {
+                    Ok(fresh) => {
+                        unsaved.step(&label, "status", fresh.to_string());
+                        if fresh.accepts(command) {
+                            unsaved.step(&label, command.name(), error.to_string());
+                            let op = command.name();
+                            return Err(Stop::Failed(Failure::Okeanos { target, op, error }));
+                        }
+                        if fresh.reached(command) {
+                            job.targets[i].state = TargetState::Done;
+                            let reached = format!("{} after 0 polls", target_status(command));
+                            unsaved.step(&label, "wait", reached);
+                            return Ok(());
+                        }
+                        self.schedule_poll(job, unsaved, i, now, fresh, command)
+                    }
+                    Err(e) => self.retry_or_fail(job, unsaved, &[i], "status", e),
+                }
+            }
+            (Err(error), _) => self.retry_or_fail(job, unsaved, &[i], command.name(), error),
+        }
+    }
+
+    /// Target `i` is not there yet at `now`, last seen in `state`: it fails if its wait is
+    /// over, else it is due again after a pause that grows with each read.
+    fn schedule_poll(
+        &mut self,
+        job: &mut Job,
+        unsaved: &mut Unsaved,
+        i: usize,
+        now: i64,
+        state: ServerState,
+        command: Command,
+    ) -> Result<(), Stop> {
+        let label = job.targets[i].target.label();
+        let wait_ms = self.settings.vm_wait_timeout.as_millis() as i64;
+        let pause = self.poll_pause(job.targets[i].polls);
+        let t = &mut job.targets[i];
+        let waited = now - t.since.unwrap_or(now);
+        if waited >= wait_ms {
+            let failure = Failure::TimedOut {
+                vm: label.clone(),
+                target: target_status(command),
+                secs: self.settings.vm_wait_timeout.as_secs(),
+                last: state,
+            };
+            unsaved.step(&label, "wait", failure.to_string());
+            return Err(Stop::Failed(failure));
+        }
+        t.polls += 1;
+        // On a grid, so that the targets commanded in one tick, and the other actions of
+        // their owner, fall due together and share one listing.
+        let grid = (self.settings.poll_interval.as_millis() as i64 / 2).clamp(1, 20);
+        let due = (now + pause.as_millis() as i64 + grid - 1) / grid * grid;
+        // Never past the wait's end, so that a target that never arrives fails on time.
+        t.next_at = due.min(t.since.unwrap_or(now) + wait_ms);
+        Ok(())
+    }
+}
