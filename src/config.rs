@@ -101,7 +101,10 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML.
-    Syntax { file: PathBuf, reason: String },
+    Syntax {
+        file: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     /// A key nobody knows: most often a typo.
     UnknownKey { origin: String, key: String },
     /// A known key with a value it cannot take.
@@ -118,8 +121,8 @@ impl fmt::Display for ConfigError {
             ConfigError::Read { file, .. } => {
                 write!(f, "config file {}: cannot read", file.display())
             }
-            ConfigError::Syntax { file, reason } => {
-                write!(f, "config file {}: {}", file.display(), reason.trim_end())
+            ConfigError::Syntax { file, .. } => {
+                write!(f, "config file {}: not valid TOML", file.display())
             }
             ConfigError::UnknownKey { origin, key } => {
                 let known: Vec<&str> = KEYS.iter().map(|k| k.0).collect();
@@ -142,6 +145,7 @@ impl std::error::Error for ConfigError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ConfigError::Read { source, .. } => Some(source),
+            ConfigError::Syntax { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }
@@ -163,7 +167,7 @@ impl Config {
                 text.parse()
                     .map_err(|e: toml::de::Error| ConfigError::Syntax {
                         file: file.to_path_buf(),
-                        reason: e.to_string(),
+                        source: Box::new(e),
                     })?;
             let origin = format!("config file {}", file.display());
             check(&origin, table.clone())?;

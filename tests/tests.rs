@@ -23,5 +23,7 @@ mod operations;
 mod process;
 /// The read calls, action tracking, idempotency keys and metrics.
 mod read;
+/// The architecture's invariants, read from the source.
+mod tidy;
 /// The workers against the simulator: call order, skips, faults, concurrency.
 mod worker;

@@ -1,7 +1,7 @@
 //! The HTTP front of the service: `http_threads` named threads share one server, each with
 //! its own database connection, and answer one request at a time: the head is checked, the
-//! router picks a handler, the reply is written. tiny_http itself is known only to
-//! `tiny.rs`.
+//! router picks a handler, the reply is written. The HTTP server library, and every
+//! workaround for it, is known only to `tiny/`.
 
 mod action_call;
 mod body;
@@ -60,7 +60,10 @@ pub struct HttpServer {
 #[derive(Debug)]
 pub enum StartError {
     /// The address could not be bound.
-    Bind { listen: String, reason: String },
+    Bind {
+        listen: String,
+        source: tiny::BindError,
+    },
     /// A handler's database connection could not be opened.
     Store(StoreError),
     /// A handler thread could not be started.
@@ -73,7 +76,7 @@ pub enum StartError {
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::Bind { listen, reason } => write!(f, "cannot listen on {listen}: {reason}"),
+            StartError::Bind { listen, .. } => write!(f, "cannot listen on {listen}"),
             StartError::Store(_) => write!(f, "cannot open a handler's database connection"),
             StartError::Thread { thread, .. } => write!(f, "cannot start thread {thread}"),
         }
@@ -83,7 +86,7 @@ impl fmt::Display for StartError {
 impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StartError::Bind { .. } => None,
+            StartError::Bind { source, .. } => Some(source.as_ref()),
             StartError::Store(e) => Some(e),
             StartError::Thread { source, .. } => Some(source),
         }
@@ -99,9 +102,9 @@ impl HttpServer {
         app: Arc<App>,
         shutdown: Arc<Shutdown>,
     ) -> Result<HttpServer, StartError> {
-        let server = tiny::Server::bind(listen).map_err(|reason| StartError::Bind {
+        let server = tiny::Server::bind(listen).map_err(|source| StartError::Bind {
             listen: listen.to_string(),
-            reason,
+            source,
         })?;
         let server = Arc::new(server);
         let shared = Arc::new(Handlers {

@@ -90,8 +90,8 @@ pub struct Caller<'h> {
     pub token: &'h str,
 }
 
-/// Where the body of a request comes from; read only after the head has been checked (for
-/// tiny_http, that is when a `100 Continue` goes out).
+/// Where the body of a request comes from; read only after the head has been checked
+/// (reading is what sends a `100 Continue` to a client that expects one).
 pub trait BodySource {
     fn reader(&mut self) -> &mut dyn Read;
 }
@@ -106,7 +106,8 @@ impl BodySource for std::io::Cursor<Vec<u8>> {
 /// call does not read, 400 for a length that is not a number, 413 for one over the cap, 411
 /// for a typed body with neither a length nor chunked encoding.
 pub fn check_body_head(head: &Head, max: usize) -> Result<(), ApiError> {
-    // tiny_http decodes any Transfer-Encoding as chunked and then ignores Content-Length.
+    // A body with a Transfer-Encoding is chunked, and declares no length: any other coding,
+    // or one beside a Content-Length, was refused with the head (`tiny/`'s framing check).
     let chunked = head.header("transfer-encoding").is_some();
     let length = match head.header("content-length").filter(|_| !chunked) {
         None => None,

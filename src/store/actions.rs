@@ -301,65 +301,6 @@ pub(crate) mod tests {
             .unwrap()
     }
 
-    /// `kind` on `id` with `key`, whose owner may hold two keys of a second's age.
-    fn keyed(store: &mut Store, id: &str, kind: ActionKind, key: &str) -> Requested {
-        let snapshot = store.snapshot(id, OWNER).unwrap();
-        let request = ActionRequest {
-            key: Some(KeyUse {
-                key: key.into(),
-                fingerprint: format!("{id} {}", kind.name()),
-                base_url: "http://h".into(),
-                max_age_ms: 1000,
-                max_per_owner: 2,
-            }),
-            ..ask(id, OWNER, kind)
-        };
-        store.request_action(snapshot.as_ref(), request).unwrap()
-    }
-
-    #[test]
-    fn a_key_replays_its_first_outcome_and_refuses_other_requests() {
-        let (mut store, clock) = store();
-        let id = instance(&mut store, Status::Stopped);
-        let Requested::Created(a) = keyed(&mut store, &id, ActionKind::Start, "k") else {
-            panic!("not created")
-        };
-        let accepted = Requested::Replayed(Answer::Accepted {
-            action: a.clone(),
-            base_url: "http://h".into(),
-        });
-        assert_eq!(keyed(&mut store, &id, ActionKind::Start, "k"), accepted);
-        assert_eq!(
-            keyed(&mut store, &id, ActionKind::Stop, "k"),
-            Requested::KeyReused
-        );
-        // A refusal is kept as well, and replayed even once the state has changed.
-        let Requested::Conflict(why) = keyed(&mut store, &id, ActionKind::Stop, "j") else {
-            panic!("not refused")
-        };
-        let job = store
-            .claim_due(Duration::from_secs(60), true)
-            .unwrap()
-            .unwrap();
-        assert!(store.finish(&job, None, &[]).unwrap());
-        let refused = Requested::Replayed(Answer::Refused(why));
-        assert_eq!(keyed(&mut store, &id, ActionKind::Stop, "j"), refused);
-        // Two keys per owner here: a third is refused until the first ones expire.
-        assert_eq!(
-            keyed(&mut store, &id, ActionKind::Stop, "i"),
-            Requested::TooManyKeys
-        );
-        clock.advance(Duration::from_millis(1001));
-        assert!(matches!(
-            keyed(&mut store, &id, ActionKind::Stop, "i"),
-            Requested::Created(_)
-        ));
-        assert!(matches!(
-            keyed(&mut store, &id, ActionKind::Start, "k"),
-            Requested::Conflict(_)
-        ));
-    }
-
     pub(crate) fn request(store: &mut Store, id: &str, kind: ActionKind) -> Requested {
         request_as(store, id, OWNER, kind)
     }

@@ -42,7 +42,7 @@ impl Worker {
                 let result = if t.state == TargetState::Todo && !t.sent {
                     "skipped: already gone".to_string()
                 } else {
-                    format!("DELETED after {} polls", t.polls)
+                    format!("{} after {} polls", target_status(command), t.polls)
                 };
                 t.state = TargetState::Done;
                 unsaved.step(&label, command.name(), result);

@@ -46,6 +46,12 @@ function request()
     return wrk.format("POST", e[2], {["X-Auth-Token"] = e[1],
       ["Content-Type"] = "application/x-www-form-urlencoded"}, "action=start")
   end
+  if method == "KEYED" then
+    sent = (sent or 0) + 1
+    return wrk.format("POST", e[2], {["X-Auth-Token"] = e[1],
+      ["Content-Type"] = "application/x-www-form-urlencoded",
+      ["Idempotency-Key"] = "bench-" .. tid .. "-" .. sent}, "action=start")
+  end
   return wrk.format("GET", e[2], {["X-Auth-Token"] = e[1]})
 end
 function response(status, headers, body)

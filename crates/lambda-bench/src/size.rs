@@ -1,12 +1,13 @@
 //! The database's size per action: actions made, claimed and ended through the store as the
-//! service does it (three VMs each, six steps), then the file's size over their count.
+//! service does it (three VMs each, six steps), then the file's size over their count; and
+//! per `Idempotency-Key`: a thousand keyed requests whose outcome is kept.
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
 use lambda_api::model::{ActionKind, Status};
-use lambda_api::store::{ActionRequest, Database, NewStep, Requested, Synchronous};
+use lambda_api::store::{ActionRequest, Database, KeyUse, NewStep, Requested, Synchronous};
 
 use crate::{err, instance, Res};
 
@@ -76,6 +77,36 @@ pub fn database_size(work: &Path, table: &mut String) -> Res<()> {
         table,
         "| database size per ended action (3 VMs, 6 steps; {ACTIONS} actions) | | {per_action:.0} bytes = {:.0} MiB per million | | | | | |",
         per_action * 1e6 / (1 << 20) as f64
+    );
+    // Every instance is STOPPED now: a keyed stop on each is refused, and the refusal kept
+    // under its key, as an owner's thousand keys would be.
+    for (n, id) in ids.iter().enumerate() {
+        let snapshot = store.snapshot(id, &owner).map_err(err("snapshot"))?;
+        let request = ActionRequest {
+            instance_id: id.clone(),
+            owner: owner.clone(),
+            kind: ActionKind::Stop,
+            token: token.clone(),
+            compute_url: compute.into(),
+            network_url: None,
+            key: Some(KeyUse {
+                key: format!("{:08x}-7d2c-4f1e-9a3b-{n:012x}", n * 2654435761),
+                fingerprint: format!("{:064x}", n),
+                base_url: "https://lambda.example.org".into(),
+                max_age_ms: 24 * 3600 * 1000,
+                max_per_owner: INSTANCES as u64,
+            }),
+        };
+        match store.request_action(snapshot.as_ref(), request) {
+            Ok(Requested::Conflict(_)) => {}
+            other => return Err(format!("keyed request {n}: {other:?}")),
+        }
+    }
+    let keyed = file_size(&db, &mut store)?;
+    let per_key = (keyed - after) as f64 / INSTANCES as f64;
+    let _ = writeln!(
+        table,
+        "| database size per `Idempotency-Key` (a kept 409; {INSTANCES} keys) | | {per_key:.0} bytes | | | | | |"
     );
     Ok(())
 }

@@ -82,10 +82,10 @@ pub enum Sent {
 impl Server {
     /// Binds `host:port`, or `unix:/path` (a stale socket file is replaced; the new one is
     /// made mode 0660, for a front such as nginx in the same group).
-    pub fn bind(listen: &str) -> Result<Server, String> {
+    pub fn bind(listen: &str) -> Result<Server, BindError> {
         let (inner, source) = match listen.strip_prefix("unix:") {
             None => {
-                let inner = tiny_http::Server::http(listen).map_err(|e| e.to_string())?;
+                let inner = tiny_http::Server::http(listen)?;
                 let port = inner.server_addr().to_ip().map(|a| a.port());
                 (inner, port.map(Source::Tcp))
             }
@@ -166,24 +166,26 @@ impl Server {
     }
 }
 
+/// Why an address could not be listened on: tiny_http's error, or the socket file's.
+pub type BindError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[cfg(unix)]
-fn bind_unix(path: &str) -> Result<tiny_http::Server, String> {
+fn bind_unix(path: &str) -> Result<tiny_http::Server, BindError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let path = std::path::Path::new(path);
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(format!("{} exists and is not a socket", path.display()));
+            return Err(format!("{} exists and is not a socket", path.display()).into());
         }
-        std::fs::remove_file(path).map_err(|e| e.to_string())?;
+        std::fs::remove_file(path)?;
     }
-    let server = tiny_http::Server::http_unix(path).map_err(|e| e.to_string())?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| e.to_string())?;
+    let server = tiny_http::Server::http_unix(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(server)
 }
 
 #[cfg(not(unix))]
-fn bind_unix(_: &str) -> Result<tiny_http::Server, String> {
+fn bind_unix(_: &str) -> Result<tiny_http::Server, BindError> {
     Err("Unix sockets are not available here".into())
 }
 

@@ -1,9 +1,12 @@
 //! The ~okeanos client: identity (Astakos) token checks, and the Cyclades compute and network
 //! calls as typed functions. The only module that knows ureq, and Synnefo's paths, bodies,
-//! fault shapes and status words.
+//! fault shapes and status words: `server.rs` says what a server's status means,
+//! `error.rs` what a failed call was.
+
+mod error;
+mod server;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +14,10 @@ use serde_json::{json, Value};
 
 use crate::metrics::Metrics;
 use crate::plan::Command;
+use error::fault;
+pub use error::{AuthError, OkeanosError};
+use server::server_state;
+pub use server::{target_status, Sent, ServerState};
 
 /// Largest response body read from ~okeanos; theirs are a few KiB.
 const MAX_RESPONSE_BYTES: u64 = 1 << 20;
@@ -24,193 +31,6 @@ pub struct Identity {
     pub compute_url: Option<String>,
     /// The `network` entry of the service catalog, if any.
     pub network_url: Option<String>,
-}
-
-/// Why a token could not be accepted.
-#[derive(Debug, Clone)]
-pub enum AuthError {
-    /// Identity says the token is invalid, expired or inactive.
-    Rejected,
-    /// Identity could not give a verdict: unreachable, slow, 5xx or a reply we cannot read.
-    Unavailable(OkeanosError),
-}
-
-impl std::error::Error for AuthError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            AuthError::Rejected => None,
-            AuthError::Unavailable(e) => Some(e),
-        }
-    }
-}
-
-impl fmt::Display for AuthError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AuthError::Rejected => write!(f, "identity: token rejected"),
-            AuthError::Unavailable(_) => write!(f, "identity unavailable"),
-        }
-    }
-}
-
-/// What Cyclades says of a server: its status, and the task under way on it, if any. What
-/// the words mean for a command is this module's to say ([`ServerState::reached`] and the
-/// rest): nothing else knows Synnefo's status words.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerState {
-    /// ACTIVE, STOPPED, BUILD, REBOOT, DELETED, UNKNOWN or ERROR.
-    pub status: String,
-    /// `SNF:task_state`: STARTING, STOPPING, DESTROYING, ... or empty when none.
-    pub task: String,
-}
-
-impl fmt::Display for ServerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.task.is_empty() {
-            write!(f, "{}", self.status)
-        } else {
-            write!(f, "{} (task {})", self.status, self.task)
-        }
-    }
-}
-
-/// The status a command leaves a server in.
-pub fn target_status(command: Command) -> &'static str {
-    match command {
-        Command::Start => "ACTIVE",
-        Command::Shutdown => "STOPPED",
-        Command::Delete => "DELETED",
-    }
-}
-
-impl ServerState {
-    /// The server is where `command` takes it, with nothing under way.
-    pub fn reached(&self, command: Command) -> bool {
-        match command {
-            Command::Delete => self.status == "DELETED",
-            _ => self.status == target_status(command) && self.task.is_empty(),
-        }
-    }
-
-    /// `command` is under way on the server (`SNF:task_state`), sent by whoever.
-    pub fn under_way(&self, command: Command) -> bool {
-        let task = match command {
-            Command::Start => "STARTING",
-            Command::Shutdown => "STOPPING",
-            Command::Delete => "DESTROYING",
-        };
-        self.task == task
-    }
-
-    /// `command` can be sent now: the server is in the state it applies to, with nothing
-    /// under way (a delete applies to any server not being deleted).
-    pub fn accepts(&self, command: Command) -> bool {
-        match command {
-            Command::Start => self.status == "STOPPED" && self.task.is_empty(),
-            Command::Shutdown => self.status == "ACTIVE" && self.task.is_empty(),
-            Command::Delete => !self.under_way(Command::Delete),
-        }
-    }
-
-    /// The server is in a state that waiting cannot take to where `command` goes: ERROR or
-    /// DELETED (except for a delete, which takes any server away).
-    pub fn hopeless(&self, command: Command) -> bool {
-        command != Command::Delete && matches!(self.status.as_str(), "ERROR" | "DELETED")
-    }
-}
-
-/// What became of a command or a delete that ~okeanos did not refuse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    /// Accepted: done, or under way.
-    Accepted,
-    /// The thing was not there (404): for a delete, already done.
-    Gone,
-}
-
-/// A failed ~okeanos call.
-#[derive(Debug, Clone)]
-pub enum OkeanosError {
-    /// No answer: connection refused or reset, timeout, a reply cut short.
-    Transport(Arc<ureq::Error>),
-    /// An answer that is not what the API documents (not JSON, a field missing).
-    Reply {
-        what: String,
-        source: Option<Arc<serde_json::Error>>,
-    },
-    /// A Synnefo fault: `{"<name>": {"code", "message", "details"}}`.
-    Fault {
-        status: u16,
-        name: String,
-        message: String,
-    },
-}
-
-impl OkeanosError {
-    /// Worth trying again: no answer for a reason that may pass (a timeout, a refused or
-    /// reset connection, a name that did not resolve), a garbled reply, a 5xx, 409
-    /// buildInProgress or 429. A request this service cannot even make (a bad URL, a TLS
-    /// certificate refused) is not.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            OkeanosError::Transport(e) => matches!(
-                e.as_ref(),
-                ureq::Error::Timeout(_)
-                    | ureq::Error::Io(_)
-                    | ureq::Error::ConnectionFailed
-                    | ureq::Error::HostNotFound
-                    | ureq::Error::Protocol(_)
-                    | ureq::Error::BodyStalled
-            ),
-            OkeanosError::Reply { .. } => true,
-            OkeanosError::Fault { status, .. } => {
-                *status >= 500 || *status == 409 || *status == 429
-            }
-        }
-    }
-
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            OkeanosError::Fault { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    /// An answer that lacks what the API documents.
-    pub fn reply(what: impl Into<String>) -> OkeanosError {
-        OkeanosError::Reply {
-            what: what.into(),
-            source: None,
-        }
-    }
-}
-
-impl std::error::Error for OkeanosError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            OkeanosError::Transport(e) => Some(e.as_ref()),
-            OkeanosError::Reply { source, .. } => source
-                .as_ref()
-                .map(|e| e.as_ref() as &(dyn std::error::Error + 'static)),
-            OkeanosError::Fault { .. } => None,
-        }
-    }
-}
-
-impl fmt::Display for OkeanosError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            // The cause is the source: an action's `error` is written with every cause
-            // (`report::Report`).
-            OkeanosError::Transport(_) => write!(f, "no answer"),
-            OkeanosError::Reply { what, .. } => write!(f, "unreadable answer ({what})"),
-            OkeanosError::Fault {
-                status,
-                name,
-                message,
-            } => write!(f, "{status} {name} ({message})"),
-        }
-    }
 }
 
 /// The HTTP methods of the calls made with a user's token.
@@ -473,20 +293,6 @@ fn read(
     Ok((status, body))
 }
 
-/// A server object of Cyclades: its id (a number or a string), status and task.
-fn server_state(server: &Value) -> Option<(String, ServerState)> {
-    let id = match &server["id"] {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
-    let state = ServerState {
-        status: server["status"].as_str()?.to_string(),
-        task: server["SNF:task_state"].as_str().unwrap_or("").to_string(),
-    };
-    Some((id, state))
-}
-
 fn parse_identity(body: &[u8]) -> Option<Identity> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let user = &v["access"]["user"];
@@ -509,80 +315,9 @@ fn parse_identity(body: &[u8]) -> Option<Identity> {
     })
 }
 
-/// Reads a Synnefo fault body; anything else is shown by its status and first bytes.
-fn fault(status: u16, body: &[u8]) -> OkeanosError {
-    let parsed = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-        let (name, inner) = v.as_object()?.iter().next()?;
-        let message = inner["message"].as_str().unwrap_or("").to_string();
-        Some((name.clone(), message))
-    });
-    let (name, message) = parsed.unwrap_or_else(|| {
-        let text = String::from_utf8_lossy(&body[..body.len().min(200)])
-            .trim()
-            .to_string();
-        (reason(status).to_string(), text)
-    });
-    OkeanosError::Fault {
-        status,
-        name,
-        message,
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        400 => "badRequest",
-        401 => "unauthorized",
-        403 => "forbidden",
-        404 => "itemNotFound",
-        409 => "buildInProgress",
-        413 => "overLimit",
-        503 => "serviceUnavailable",
-        _ => "error",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn synnefo_fault_is_read() {
-        let e = fault(
-            413,
-            br#"{"overLimit":{"code":413,"message":"CPU quota exceeded","details":""}}"#,
-        );
-        assert_eq!(e.to_string(), "413 overLimit (CPU quota exceeded)");
-        assert!(!e.is_transient());
-    }
-
-    #[test]
-    fn other_bodies_are_shown_plainly() {
-        let e = fault(502, b"<html>Bad Gateway</html>");
-        assert_eq!(e.to_string(), "502 error (<html>Bad Gateway</html>)");
-        assert!(e.is_transient());
-        assert!(fault(409, b"").is_transient());
-        assert!(!fault(404, b"{}").is_transient());
-    }
-
-    #[test]
-    fn servers_are_read_by_id_whatever_its_type() {
-        let v: Value = serde_json::from_str(
-            r#"{"servers":[{"id":101,"status":"ACTIVE"},
-                           {"id":"102","status":"STOPPED","SNF:task_state":"STARTING"},
-                           {"id":103}]}"#,
-        )
-        .unwrap();
-        let all: HashMap<String, ServerState> = v["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(server_state)
-            .collect();
-        assert_eq!(all.len(), 2);
-        assert_eq!(all["101"].to_string(), "ACTIVE");
-        assert_eq!(all["102"].to_string(), "STOPPED (task STARTING)");
-    }
 
     #[test]
     fn identity_with_catalog() {
