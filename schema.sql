@@ -14,13 +14,26 @@ CREATE TABLE IF NOT EXISTS lambda_instances (
                                                     'STOPPING', 'DESTROYING', 'DESTROYED', 'FAILED')),
     failure_message TEXT,
     created_at      INTEGER NOT NULL,
-    -- What destroy deletes besides the VMs: the private network and the floating IP.
+    -- The private network a destroy deletes besides the VMs, if any.
     network_id      TEXT,
-    public_ip_id    TEXT
+    -- What the owner asked for when the service created the instance (JSON): the details'
+    -- instance_info. NULL for an instance registered by hand.
+    info            TEXT,
+    -- How the service builds it (JSON of plan::Build): what its create action makes.
+    build           TEXT
 );
 CREATE INDEX IF NOT EXISTS lambda_instances_by_owner ON lambda_instances (owner, created_at);
 
--- The VMs of an instance: position 0 is the master, the slaves follow in order.
+-- The floating IPs a destroy deletes besides the VMs, by slot (the server slot it is for).
+CREATE TABLE IF NOT EXISTS instance_floating_ips (
+    instance_id    TEXT NOT NULL REFERENCES lambda_instances (id) ON DELETE CASCADE,
+    slot           INTEGER NOT NULL,
+    floating_ip_id TEXT NOT NULL,
+    PRIMARY KEY (instance_id, slot)
+) WITHOUT ROWID;
+
+-- The VMs of an instance: position 0 is the master, the slaves follow in order. A create
+-- records each VM here as soon as it is made, so a position may be missing meanwhile.
 CREATE TABLE IF NOT EXISTS instance_servers (
     instance_id TEXT NOT NULL REFERENCES lambda_instances (id) ON DELETE CASCADE,
     position    INTEGER NOT NULL,
@@ -31,9 +44,10 @@ CREATE TABLE IF NOT EXISTS instance_servers (
 CREATE TABLE IF NOT EXISTS actions (
     id          TEXT PRIMARY KEY,               -- uuid
     instance_id TEXT NOT NULL REFERENCES lambda_instances (id) ON DELETE CASCADE,
-    action      TEXT NOT NULL CHECK (action IN ('start', 'stop', 'destroy')),
+    action      TEXT NOT NULL CHECK (action IN ('start', 'stop', 'destroy', 'create')),
     state       TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),
     attempts    INTEGER NOT NULL DEFAULT 0,     -- how many times a worker took it up
+    -- Why it failed; while a failed create is being undone (its plan a delete), already.
     error       TEXT,
     -- What the worker needs to act for the owner; set only while the action is live.
     token       TEXT,
@@ -58,15 +72,17 @@ CREATE INDEX IF NOT EXISTS actions_by_instance ON actions (instance_id, created_
 CREATE INDEX IF NOT EXISTS actions_due ON actions (due_at) WHERE state IN ('queued', 'running');
 
 -- An action's plan, as saved when a worker first takes the action up: the things on ~okeanos
--- it acts on (its targets), phase by phase. Phase 0 goes first; each phase begins once every
--- target of the one before is done. A target is named by its kind and its slot (a server's
--- place in the cluster: 0 is the master; 0 for the one network, say); `target_id` is its
--- ~okeanos id.
+-- it acts on (its targets), phase by phase, and the command each gets. Phase 0 goes first;
+-- each phase begins once every target of the one before is done. A target is named by its
+-- kind and its slot (a server's place in the cluster: 0 is the master; 0 for the one
+-- network, say); `target_id` is its ~okeanos id. A create that fails is undone by a new
+-- plan of deletes in place of the rest of its own.
 CREATE TABLE IF NOT EXISTS action_targets (
     action_id TEXT NOT NULL REFERENCES actions (id) ON DELETE CASCADE,
     kind      TEXT NOT NULL CHECK (kind IN ('server', 'floating_ip', 'network', 'subnet')),
     slot      INTEGER NOT NULL,
     target_id TEXT,                             -- NULL while the target is still to be made
+    command   TEXT NOT NULL CHECK (command IN ('start', 'shutdown', 'delete', 'create')),
     phase     INTEGER NOT NULL,
     seq       INTEGER NOT NULL,                 -- the plan's order
     state     TEXT NOT NULL CHECK (state IN ('todo', 'waiting', 'done')),
@@ -89,13 +105,14 @@ CREATE TABLE IF NOT EXISTS action_steps (
     PRIMARY KEY (action_id, seq)
 ) WITHOUT ROWID;
 
--- What action calls sent with an Idempotency-Key came to, replayed for 24 hours: 202 with
--- the action, or 409 with the refusal.
+-- What action calls (and creates) sent with an Idempotency-Key came to, replayed for 24
+-- hours: 202 with the action, or 409 with the refusal.
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     owner       TEXT NOT NULL,
     key         TEXT NOT NULL,
     fingerprint TEXT NOT NULL,                  -- SHA-256 of the instance id and the action
     status      INTEGER NOT NULL CHECK (status IN (202, 409)),
+    instance_id TEXT,                           -- the 202's instance
     action_id   TEXT,                           -- the 202's action
     base_url    TEXT,                           -- where the 202's links pointed
     message     TEXT,                           -- the 409's sentence

@@ -25,8 +25,12 @@ pub struct User {
     pub name: String,
     /// Where this user's servers are driven; from the service catalog unless configured.
     pub compute_url: String,
-    /// Where a destroy deletes this user's floating IPs and networks, from the catalog.
+    /// Where this user's floating IPs and networks are made and deleted, from the catalog.
     pub network_url: Option<String>,
+    /// Where this user's projects and quotas are read, from the catalog.
+    pub account_url: Option<String>,
+    /// Where this user's public keys are read, from the catalog.
+    pub userdata_url: Option<String>,
 }
 
 /// The token a request carries.
@@ -135,10 +139,11 @@ impl Authenticator {
             .client
             .authenticate(&self.astakos_url, token)
             .and_then(|identity| {
+                let catalog = identity.catalog;
                 let compute_url = self
                     .compute_override
                     .clone()
-                    .or(identity.compute_url)
+                    .or(catalog.compute)
                     .ok_or_else(|| {
                         AuthError::Unavailable(OkeanosError::reply(
                             "the service catalog has no compute endpoint",
@@ -148,7 +153,9 @@ impl Authenticator {
                     id: identity.user_id,
                     name: identity.name,
                     compute_url,
-                    network_url: identity.network_url,
+                    network_url: catalog.network,
+                    account_url: catalog.account,
+                    userdata_url: catalog.userdata,
                 }))
             });
         let verdict = match &result {

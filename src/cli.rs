@@ -137,7 +137,12 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
                 slaves: a.slaves.clone(),
                 status,
                 network: a.network.clone().filter(|n| !n.trim().is_empty()),
-                public_ip: a.public_ip.clone().filter(|p| !p.trim().is_empty()),
+                floating_ips: a
+                    .public_ip
+                    .clone()
+                    .filter(|p| !p.trim().is_empty())
+                    .into_iter()
+                    .collect(),
             })?;
             println!("{id}");
             Ok(())
@@ -151,15 +156,21 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
                     i.status.name(),
                     i.owner,
                     i.name,
-                    i.master,
+                    i.master.as_deref().unwrap_or("-"),
                     i.slaves.join(",")
                 );
                 // What destroy deletes besides the VMs, where the instance has it.
                 if let Some(n) = &i.network {
                     line.push_str(&format!("\tnetwork={n}"));
                 }
-                if let Some(p) = &i.public_ip {
-                    line.push_str(&format!("\tpublic_ip={p}"));
+                let ips: Vec<String> = store
+                    .cluster(&i.id)?
+                    .floating_ips
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                if !ips.is_empty() {
+                    line.push_str(&format!("\tpublic_ip={}", ips.join(",")));
                 }
                 println!("{line}");
             }

@@ -90,6 +90,13 @@ keys! {
     /// next start.
     #[serde(deserialize_with = "within::<0, 3600, _, _>")]
     shutdown_grace_secs: u64 = 10,
+    /// The image a create makes its VMs of; empty: the first image whose name contains
+    /// `image_name`.
+    #[serde(deserialize_with = "plain_text")]
+    image_id: String = String::new(),
+    /// What the name of the image a create uses contains, when `image_id` is empty.
+    #[serde(deserialize_with = "plain_text")]
+    image_name: String = "Debian Base".into(),
 }
 
 /// A configuration mistake, naming where it was made and the key.
@@ -302,6 +309,18 @@ fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
             Shown(&v)
         )))
     }
+}
+
+/// A string of printable characters (maybe empty).
+fn plain_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let (s, v) = text(d)?;
+    if s.chars().any(char::is_control) || s.len() > 255 {
+        return Err(de::Error::custom(format!(
+            "expected up to 255 printable characters, got {}",
+            Shown(&v)
+        )));
+    }
+    Ok(s)
 }
 
 fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {

@@ -45,21 +45,25 @@ pub fn parse_key(raw: &str) -> Option<&str> {
     (!key.is_empty() && key.len() <= 255 && plain).then_some(key)
 }
 
-/// What makes two action calls the same request: what they ask for, not their bytes (curl
-/// -F picks a new multipart boundary on every call, and a retry must still match).
-pub fn fingerprint(instance_id: &str, kind: ActionKind) -> String {
-    format!(
-        "{:x}",
-        Sha256::digest(format!("{instance_id} {}", kind.name()))
-    )
+/// What an action call asks for, as its fingerprint is taken of: what makes two calls the
+/// same request, not their bytes (curl -F picks a new multipart boundary on every call, and a
+/// retry must still match).
+pub fn action_request(instance_id: &str, kind: ActionKind) -> String {
+    format!("{instance_id} {}", kind.name())
 }
 
-/// The use of `key` by a request for `kind` on `instance_id`, under this module's rules; its
-/// answer's links point under `base_url`.
-pub fn key_use(key: &str, instance_id: &str, kind: ActionKind, base_url: &str) -> KeyUse {
+/// The fingerprint of a request, from what it asks for ([`action_request`], or a create's
+/// fields).
+pub fn fingerprint(request: &str) -> String {
+    format!("{:x}", Sha256::digest(request))
+}
+
+/// The use of `key` by `request` (what it asks for), under this module's rules; its answer's
+/// links point under `base_url`.
+pub fn key_use(key: &str, request: &str, base_url: &str) -> KeyUse {
     KeyUse {
         key: key.to_string(),
-        fingerprint: fingerprint(instance_id, kind),
+        fingerprint: fingerprint(request),
         base_url: base_url.to_string(),
         max_age_ms: ttl_ms(),
         max_per_owner: MAX_KEYS_PER_OWNER,
@@ -87,9 +91,10 @@ mod tests {
 
     #[test]
     fn fingerprints_follow_the_request_not_its_bytes() {
-        let start = fingerprint("i", ActionKind::Start);
-        assert_eq!(start, fingerprint("i", ActionKind::Start));
-        assert_ne!(start, fingerprint("i", ActionKind::Stop));
-        assert_ne!(start, fingerprint("j", ActionKind::Start));
+        let print = |id, kind| fingerprint(&action_request(id, kind));
+        let start = print("i", ActionKind::Start);
+        assert_eq!(start, print("i", ActionKind::Start));
+        assert_ne!(start, print("i", ActionKind::Stop));
+        assert_ne!(start, print("j", ActionKind::Start));
     }
 }

@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod build;
 pub mod cli;
 mod clock;
 pub mod config;
+mod create;
 pub mod error;
 mod eta;
 mod housekeeping;
@@ -88,6 +90,12 @@ impl Service {
         )?;
         let app = Arc::new(App {
             max_connections: config.max_connections,
+            client: client.clone(),
+            image: http::ImageChoice {
+                id: config.image_id.clone(),
+                name: config.image_name.clone(),
+            },
+            remembered: http::Remembered::default(),
             auth: Authenticator::new(
                 client,
                 &config.astakos_url,

@@ -80,8 +80,10 @@ impl Status {
 pub enum ActionKind {
     Start,
     Stop,
-    /// Deletes every VM, then the floating IP and the private network.
+    /// Deletes every VM, then the floating IPs and the private network.
     Destroy,
+    /// Builds the cluster: its private network, floating IPs and VMs.
+    Create,
 }
 
 impl ActionKind {
@@ -90,6 +92,7 @@ impl ActionKind {
             ActionKind::Start => "start",
             ActionKind::Stop => "stop",
             ActionKind::Destroy => "destroy",
+            ActionKind::Create => "create",
         }
     }
 
@@ -98,6 +101,7 @@ impl ActionKind {
             "start" => Some(ActionKind::Start),
             "stop" => Some(ActionKind::Stop),
             "destroy" => Some(ActionKind::Destroy),
+            "create" => Some(ActionKind::Create),
             _ => None,
         }
     }
@@ -108,18 +112,22 @@ impl ActionKind {
             ActionKind::Start => Status::Starting,
             ActionKind::Stop => Status::Stopping,
             ActionKind::Destroy => Status::Destroying,
+            ActionKind::Create => Status::Pending,
         }
     }
 
     /// The instance status when the action succeeds.
     pub fn final_status(self) -> Status {
         match self {
-            ActionKind::Start => Status::Started,
+            ActionKind::Start | ActionKind::Create => Status::Started,
             ActionKind::Stop => Status::Stopped,
             ActionKind::Destroy => Status::Destroyed,
         }
     }
 }
+
+/// The refusal of a start or a stop on an instance whose creation failed.
+pub const NO_SERVERS: &str = "The lambda instance has no servers: its creation failed.";
 
 /// Where an action is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,12 +171,14 @@ pub struct LiveAction {
     pub kind: ActionKind,
 }
 
-/// An instance as an action request is decided on it: its status and its action in flight,
-/// read together.
+/// An instance as an action request is decided on it: its status, its action in flight, and
+/// whether it has servers, read together.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub status: Status,
     pub live: Option<LiveAction>,
+    /// False for an instance whose creation failed (and left nothing), or is under way.
+    pub has_servers: bool,
 }
 
 /// What an action request comes to, by the state table of the API contract.
@@ -190,18 +200,27 @@ pub enum Decision {
 /// in flight. `snapshot` is None when the owner has no such instance. Pure: the store applies
 /// it once to an unlocked read, and again inside the transaction that creates the action.
 pub fn decide(snapshot: Option<&Snapshot>, kind: ActionKind) -> Decision {
-    use ActionKind::{Destroy, Start, Stop};
-    let Some(Snapshot { status, live }) = snapshot else {
+    use ActionKind::{Create, Destroy, Start, Stop};
+    let Some(Snapshot {
+        status,
+        live,
+        has_servers,
+    }) = snapshot
+    else {
         return Decision::NotFound;
     };
     let supersede = || Decision::Create {
         supersede: live.as_ref().map(|l| l.id.clone()),
     };
     match (*status, kind) {
-        // Destroy (SPEC §4): from any settled status; never while a start or stop runs.
+        // A create is made with its instance, never asked of one.
+        (_, Create) => conflict_while(*status, kind),
+        // Destroy (SPEC §4): from any settled status; never while a start or stop runs. On a
+        // PENDING instance it supersedes the create in flight (SPEC §5).
         (Status::Stopped | Status::Started | Status::Failed | Status::Pending, Destroy) => {
             supersede()
         }
+        (Status::Failed, Start | Stop) if !has_servers => Decision::Conflict(NO_SERVERS.into()),
         (Status::Destroyed, Destroy) => {
             Decision::Conflict("The specified lambda instance is already destroyed.".into())
         }
@@ -251,6 +270,7 @@ mod tests {
                 id: "a".into(),
                 kind,
             }),
+            has_servers: true,
         };
         let got = match decide(Some(&snapshot), kind) {
             Decision::NotFound => "not found".to_string(),
@@ -356,6 +376,48 @@ mod tests {
             None,
             Destroy,
             "The specified lambda instance is already destroyed.",
+        );
+    }
+
+    #[test]
+    fn a_create_supersedes_nothing_but_a_destroy_supersedes_it() {
+        use ActionKind::{Create, Destroy};
+        check(
+            Status::Pending,
+            Some(Create),
+            Destroy,
+            "create, superseding a",
+        );
+        check(
+            Status::Pending,
+            Some(Create),
+            Start,
+            &refused(Start, Status::Pending),
+        );
+        check(
+            Status::Stopped,
+            None,
+            Create,
+            &refused(Create, Status::Stopped),
+        );
+    }
+
+    #[test]
+    fn an_instance_without_servers_cannot_start_or_stop() {
+        let failed = Snapshot {
+            status: Status::Failed,
+            live: None,
+            has_servers: false,
+        };
+        for kind in [Start, Stop] {
+            assert_eq!(
+                decide(Some(&failed), kind),
+                Decision::Conflict(NO_SERVERS.into())
+            );
+        }
+        assert_eq!(
+            decide(Some(&failed), ActionKind::Destroy),
+            Decision::Create { supersede: None }
         );
     }
 

@@ -2,6 +2,7 @@
 //! them in (its phases). Pure data and one pure function, [`plan`]: the store saves a plan
 //! when an action is first taken up, and the engine walks it, phase after phase.
 
+use crate::build::Build;
 use crate::model::ActionKind;
 
 /// What a target is on ~okeanos.
@@ -64,14 +65,20 @@ impl Target {
     }
 
     /// How the target is named in an action's steps: a server by its id, anything else by
-    /// its kind and id (`floatingip/7`, `network/8`).
+    /// its kind and id (`floatingip/7`, `network/8`); one whose id is not known yet by its
+    /// kind and slot (`server#1`, `floatingip#0`, `network`).
     pub fn label(&self) -> String {
-        let id = self.id.as_deref().unwrap_or("?");
-        match self.kind {
-            TargetKind::Server => id.to_string(),
-            TargetKind::FloatingIp => format!("floatingip/{id}"),
-            TargetKind::Network => format!("network/{id}"),
-            TargetKind::Subnet => format!("subnet/{id}"),
+        let kind = match self.kind {
+            TargetKind::Server => "server",
+            TargetKind::FloatingIp => "floatingip",
+            TargetKind::Network => "network",
+            TargetKind::Subnet => "subnet",
+        };
+        match (&self.id, self.kind) {
+            (Some(id), TargetKind::Server) => id.clone(),
+            (Some(id), _) => format!("{kind}/{id}"),
+            (None, TargetKind::Server | TargetKind::FloatingIp) => format!("{kind}#{}", self.slot),
+            (None, _) => kind.to_string(),
         }
     }
 }
@@ -82,41 +89,87 @@ pub enum Command {
     Start,
     Shutdown,
     Delete,
+    /// Make it (finding it first, if an earlier try made it already).
+    Create,
 }
 
 impl Command {
+    pub const ALL: [Command; 4] = [
+        Command::Start,
+        Command::Shutdown,
+        Command::Delete,
+        Command::Create,
+    ];
+
     /// The command of an action.
     pub fn of(kind: ActionKind) -> Command {
         match kind {
             ActionKind::Start => Command::Start,
             ActionKind::Stop => Command::Shutdown,
             ActionKind::Destroy => Command::Delete,
+            ActionKind::Create => Command::Create,
         }
     }
 
-    /// The word of the steps and the log: `start`, `shutdown`, `delete`.
+    /// The word of the steps, the log and the store: `start`, `shutdown`, `delete`, `create`.
     pub fn name(self) -> &'static str {
         match self {
             Command::Start => "start",
             Command::Shutdown => "shutdown",
             Command::Delete => "delete",
+            Command::Create => "create",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Command> {
+        Command::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// The ~okeanos things an instance is made of, as the store knows them: each by its place,
+/// None where it is not known (still to be made, or made and not recorded).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cluster {
+    /// The servers by slot: the master's, then the slaves'.
+    pub servers: Vec<Option<String>>,
+    pub network: Option<String>,
+    /// The floating IPs by slot.
+    pub floating_ips: Vec<Option<String>>,
+    /// Made by this service's create: its servers carry metadata that names their slots, and
+    /// its network a name, so that what was made and not recorded can be found.
+    pub built: bool,
+}
+
+impl Cluster {
+    /// A cluster of recorded servers (the master first), network and floating IP.
+    pub fn of(servers: &[&str], network: Option<&str>, floating_ip: Option<&str>) -> Cluster {
+        Cluster {
+            servers: servers.iter().map(|s| Some(s.to_string())).collect(),
+            network: network.map(str::to_string),
+            floating_ips: floating_ip
+                .map(|ip| Some(ip.to_string()))
+                .into_iter()
+                .collect(),
+            built: false,
+        }
+    }
+
+    /// What `build` makes, none of it made yet.
+    pub fn to_build(build: &Build) -> Cluster {
+        Cluster {
+            servers: vec![None; build.slaves as usize + 1],
+            network: None,
+            floating_ips: vec![None; build.floating_ips() as usize],
+            built: true,
         }
     }
 }
 
-/// The ~okeanos things an instance is made of, as the store knows them.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Cluster {
-    /// The master's server id, then the slaves', in order.
-    pub servers: Vec<String>,
-    pub network: Option<String>,
-    pub floating_ip: Option<String>,
-}
-
 /// Targets grouped in phases: every target of a phase is acted on at once, and a phase
-/// begins once every target of the one before is done.
+/// begins once every target of the one before is done. Every target gets `command`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
+    pub command: Command,
     pub phases: Vec<Vec<Target>>,
 }
 
@@ -132,36 +185,57 @@ impl Plan {
 
 /// The plan of an action of `kind` on `cluster`, in the original service's order: a start
 /// brings every slave up at once, then the master; a stop takes the master down, then every
-/// slave at once; a destroy deletes every server at once, then the floating IP and the
-/// private network. Empty phases are left out.
+/// slave at once; a destroy deletes every server at once, then the floating IPs and the
+/// private network; a create makes the private network and the floating IPs, then the
+/// network's subnet, then every server at once. Empty phases are left out.
 pub fn plan(kind: ActionKind, cluster: &Cluster) -> Plan {
-    let servers: Vec<Target> = cluster
-        .servers
-        .iter()
-        .enumerate()
-        .map(|(slot, id)| Target::server(slot as u32, id))
-        .collect();
-    let (master, slaves): (Vec<Target>, Vec<Target>) =
-        servers.iter().cloned().partition(Target::is_master);
-    let resource = |kind: TargetKind, id: &Option<String>| {
-        id.as_ref().map(|id| Target {
-            kind,
-            slot: 0,
-            id: Some(id.clone()),
-        })
+    let target = |kind: TargetKind, slot: usize, id: &Option<String>| Target {
+        kind,
+        slot: slot as u32,
+        id: id.clone(),
     };
+    let servers = || -> Vec<Target> {
+        let all = cluster.servers.iter().enumerate();
+        all.map(|(slot, id)| target(TargetKind::Server, slot, id))
+            .collect()
+    };
+    let known = |targets: Vec<Target>| -> Vec<Target> {
+        targets.into_iter().filter(|t| t.id.is_some()).collect()
+    };
+    let (master, slaves): (Vec<Target>, Vec<Target>) =
+        known(servers()).into_iter().partition(Target::is_master);
+    let floating_ips = || -> Vec<Target> {
+        let all = cluster.floating_ips.iter().enumerate();
+        all.map(|(slot, id)| target(TargetKind::FloatingIp, slot, id))
+            .collect()
+    };
+    let network = target(TargetKind::Network, 0, &cluster.network);
     let phases = match kind {
         ActionKind::Start => vec![slaves, master],
         ActionKind::Stop => vec![master, slaves],
         ActionKind::Destroy => {
-            let network = [
-                resource(TargetKind::FloatingIp, &cluster.floating_ip),
-                resource(TargetKind::Network, &cluster.network),
-            ];
-            vec![servers, network.into_iter().flatten().collect()]
+            // A built cluster's servers and network are looked for where none is recorded;
+            // a floating IP cannot be told from any other of the owner's, so only recorded
+            // ones are deleted.
+            let servers = if cluster.built {
+                servers()
+            } else {
+                known(servers())
+            };
+            let mut resources = known(floating_ips());
+            if cluster.network.is_some() || cluster.built {
+                resources.push(network);
+            }
+            vec![servers, resources]
+        }
+        ActionKind::Create => {
+            let subnet = target(TargetKind::Subnet, 0, &None);
+            let first = std::iter::once(network).chain(floating_ips()).collect();
+            vec![first, vec![subnet], servers()]
         }
     };
     Plan {
+        command: Command::of(kind),
         phases: phases.into_iter().filter(|p| !p.is_empty()).collect(),
     }
 }
@@ -190,8 +264,8 @@ pub fn describe(command: Command, targets: &[&Target]) -> String {
             things.extend(name(TargetKind::Subnet, "the subnet", "subnets"));
             format!("{verb} {}", things.join(" and "))
         }
-        (1, Command::Delete) => format!("{verb} 1 server"),
-        (n, Command::Delete) => format!("{verb} {n} servers"),
+        (1, Command::Delete | Command::Create) => format!("{verb} 1 server"),
+        (n, Command::Delete | Command::Create) => format!("{verb} {n} servers"),
         (_, _) if master => format!("{verb} the master"),
         (1, _) => format!("{verb} 1 slave"),
         (n, _) => format!("{verb} {n} slaves"),
@@ -201,13 +275,10 @@ pub fn describe(command: Command, targets: &[&Target]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::IpAllocation;
 
     fn cluster(servers: &[&str], network: Option<&str>, ip: Option<&str>) -> Cluster {
-        Cluster {
-            servers: servers.iter().map(|s| s.to_string()).collect(),
-            network: network.map(str::to_string),
-            floating_ip: ip.map(str::to_string),
-        }
+        Cluster::of(servers, network, ip)
     }
 
     /// The plan as labels, phase by phase.
@@ -253,6 +324,59 @@ mod tests {
         check(ActionKind::Destroy, &net_only, &[&["m"], &["network/n1"]]);
     }
 
+    fn build(slaves: u32, ip_allocation: IpAllocation) -> Build {
+        Build {
+            project: "p".into(),
+            master_name: "m".into(),
+            slaves,
+            master_flavor: "f1".into(),
+            slave_flavor: "f2".into(),
+            image: "i".into(),
+            ip_allocation,
+            authorized_keys: String::new(),
+        }
+    }
+
+    #[test]
+    fn create_makes_the_network_and_ips_then_the_subnet_then_every_server() {
+        let all = Cluster::to_build(&build(2, IpAllocation::All));
+        check(
+            ActionKind::Create,
+            &all,
+            &[
+                &["network", "floatingip#0", "floatingip#1", "floatingip#2"],
+                &["subnet"],
+                &["server#0", "server#1", "server#2"],
+            ],
+        );
+        let none = Cluster::to_build(&build(1, IpAllocation::None));
+        check(
+            ActionKind::Create,
+            &none,
+            &[&["network"], &["subnet"], &["server#0", "server#1"]],
+        );
+        assert_eq!(plan(ActionKind::Create, &none).command, Command::Create);
+    }
+
+    #[test]
+    fn destroying_a_built_cluster_looks_for_what_was_not_recorded() {
+        let mut c = Cluster::to_build(&build(2, IpAllocation::Master));
+        c.servers[1] = Some("s1".into());
+        c.floating_ips[0] = Some("ip".into());
+        check(
+            ActionKind::Destroy,
+            &c,
+            &[
+                &["server#0", "s1", "server#2"],
+                &["floatingip/ip", "network"],
+            ],
+        );
+        // Nothing of it made: only the look-ups.
+        let bare = Cluster::to_build(&build(0, IpAllocation::Master));
+        check(ActionKind::Destroy, &bare, &[&["server#0"], &["network"]]);
+        assert_eq!(plan(ActionKind::Destroy, &bare).command, Command::Delete);
+    }
+
     #[test]
     fn slots_follow_the_cluster() {
         let c = cluster(&["m", "s1", "s2"], None, None);
@@ -296,6 +420,12 @@ mod tests {
             ),
             (Command::Delete, vec![&net], "delete the private network"),
             (Command::Delete, vec![&ip], "delete the floating IP"),
+            (Command::Create, vec![&m, &s1, &s2], "create 3 servers"),
+            (
+                Command::Create,
+                vec![&net, &ip],
+                "create the floating IP and the private network",
+            ),
         ] {
             assert_eq!(describe(command, &targets), expected);
         }

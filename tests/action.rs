@@ -392,7 +392,8 @@ fn details_and_filters() {
     assert_eq!(info["name"], "demo");
     assert_eq!(
         info["instance_info"],
-        json!({"master_server": "101", "slave_servers": ["102", "103"]})
+        json!({"master_server": "101", "slave_servers": ["102", "103"],
+               "master_node_id": "101", "slaves": 2})
     );
     assert_eq!(v["data"][0]["applications"], json!([]));
     let v = h

@@ -21,7 +21,7 @@ fn cluster(h: &Harness) -> String {
         slaves: vec!["v1".into(), "v2".into()],
         status: Status::Started,
         network: Some("net-1".into()),
-        public_ip: Some("ip-1".into()),
+        floating_ips: vec!["ip-1".into()],
     })
 }
 
@@ -119,7 +119,7 @@ fn destroy_counts_what_is_already_gone_as_done() {
         slaves: vec![],
         status: Status::Failed,
         network: Some("net-gone".into()),
-        public_ip: None,
+        floating_ips: Vec::new(),
     });
     for id in [&id, &id2] {
         let r = destroy(&h, id);

@@ -21,7 +21,7 @@ fn register(db: &Path, n: usize) -> Vec<String> {
             slaves: Vec::new(),
             status: Status::Stopped,
             network: None,
-            public_ip: None,
+            floating_ips: Vec::new(),
         })
         .collect();
     Database::new(db, Synchronous::Full)

@@ -7,6 +7,8 @@ mod support;
 mod action;
 /// A keep-alive connection, and how the service ends one.
 mod connection;
+/// Create: the call, its checks, the build, its failures and the create form's reads.
+mod create;
 /// Crashes, restarts, shutdown, concurrent writers and secrets at rest.
 mod durability;
 /// The action engine: phases, waits that hold no thread, many actions per worker.

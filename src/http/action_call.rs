@@ -16,10 +16,11 @@ use crate::store::{ActionRequest, Answer, Requested, Store};
 const ACCEPTED: &str = "Your request has been accepted";
 const DESTROY_ACCEPTED: &str =
     "Your request to destroy the specified lambda instance has been accepted";
+const CREATE_ACCEPTED: &str = "Your request to create a new lambda instance has been accepted";
 const BAD_ACTION: &str = "action POST parameter can be used with start or stop value.";
 
 /// The `Idempotency-Key` of a request, if it has one; 400 for one that is not plain text.
-fn key(head: &Head) -> Result<Option<&str>, ApiError> {
+pub(super) fn key(head: &Head) -> Result<Option<&str>, ApiError> {
     match head.header("idempotency-key") {
         None => Ok(None),
         Some(raw) => idempotency::parse_key(raw)
@@ -95,7 +96,9 @@ fn request(
         token: caller.token.to_string(),
         compute_url: user.compute_url.clone(),
         network_url: user.network_url.clone(),
-        key: key.map(|key| idempotency::key_use(key, id, kind, &base)),
+        key: key
+            .map(|key| idempotency::key_use(key, &idempotency::action_request(id, kind), &base)),
+        create: None,
     };
     let action_id = match store.request_action(Some(&snapshot), request)? {
         Requested::NotFound => return Err(ApiError::NotFound(INSTANCE_NOT_FOUND.into())),
@@ -105,6 +108,7 @@ fn request(
         }
         Requested::Conflict(message) => return Err(ApiError::Conflict(message)),
         Requested::Merged(action_id) => action_id,
+        Requested::New { .. } => unreachable!("an action call creates no instance"),
         Requested::Created(action_id) => {
             // Committed: the action is safe whether or not this wake-up fits in the channel
             // (an idle worker finds it in SQLite within a second).
@@ -115,9 +119,9 @@ fn request(
         // The first answer again, as it was: a 202 with the same action, or the same 409.
         Requested::Replayed(answer) => {
             let reply = match answer {
-                Answer::Accepted { action, base_url } => {
-                    accepted(app, &base_url, id, kind, &action)
-                }
+                Answer::Accepted {
+                    action, base_url, ..
+                } => accepted(app, &base_url, id, kind, &action),
                 Answer::Refused(message) => ApiError::Conflict(message).reply(),
             };
             return Ok(reply.with_header("Idempotent-Replayed", "true"));
@@ -126,8 +130,9 @@ fn request(
     Ok(accepted(app, &base, id, kind, &action_id))
 }
 
-/// The 202 with the handle of the action (new or in flight), its links under `base`.
-fn accepted(app: &App, base: &str, id: &str, kind: ActionKind, action_id: &str) -> Reply {
+/// The 202 with the handle of the action (new or in flight) on instance `id`, its links
+/// under `base`; for a create, the data is the new instance, and `Location` its action.
+pub fn accepted(app: &App, base: &str, id: &str, kind: ActionKind, action_id: &str) -> Reply {
     let location = format!("{base}/api/lambda-instances/{id}/actions/{action_id}/");
     let status = match kind {
         // The seed's key, and the one the original's code and every other answer use.
@@ -135,12 +140,16 @@ fn accepted(app: &App, base: &str, id: &str, kind: ActionKind, action_id: &str) 
             json!({"code": 202, "short-description": ACCEPTED, "short_description": ACCEPTED})
         }
         ActionKind::Destroy => json!({"code": 202, "short_description": DESTROY_ACCEPTED}),
+        ActionKind::Create => json!({"code": 202, "short_description": CREATE_ACCEPTED}),
     };
-    let reply = Reply::json(
-        202,
-        &json!({"status": status, "data": [{"id": action_id, "links": {"self": location}}]}),
-    )
-    .with_header("Location", location);
+    let data = match kind {
+        ActionKind::Create => {
+            json!({"id": id, "links": {"self": format!("{base}/api/lambda-instances/{id}")}})
+        }
+        _ => json!({"id": action_id, "links": {"self": location}}),
+    };
+    let reply = Reply::json(202, &json!({"status": status, "data": [data]}))
+        .with_header("Location", location);
     let retry = app.eta.retry_after(std::time::Duration::ZERO);
     reply.with_header("Retry-After", retry.to_string())
 }

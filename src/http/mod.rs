@@ -5,6 +5,7 @@
 
 mod action_call;
 mod body;
+mod create;
 mod reads;
 pub mod reply;
 mod request;
@@ -25,6 +26,7 @@ use log::{error, info};
 use crate::auth::Authenticator;
 use crate::eta::Eta;
 use crate::metrics::Metrics;
+use crate::okeanos::Client;
 use crate::shutdown::Shutdown;
 use crate::store::{Database, Store, StoreError};
 use reply::ApiError;
@@ -35,9 +37,17 @@ use tiny::{Exchange, Sent};
 /// How often a handler thread looks at the shutdown flag while no request comes.
 const ACCEPT_TICK: Duration = Duration::from_millis(200);
 
+pub use create::{ImageChoice, Remembered};
+
 /// What every handler thread shares.
 pub struct App {
     pub auth: Authenticator,
+    /// ~okeanos, for the checks of a create and the create form's reads.
+    pub client: Client,
+    /// The image a create makes its VMs of.
+    pub image: ImageChoice,
+    /// What the create calls remember of ~okeanos for a moment.
+    pub remembered: Remembered,
     /// Open connections past which a request gets a fast 503.
     pub max_connections: usize,
     /// Wakes a worker when a new action is committed.

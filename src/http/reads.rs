@@ -222,11 +222,45 @@ impl<'a> StatusJson<'a> {
     }
 }
 
-/// What is known of the cluster: the original's `instance_info`.
+/// What is known of a cluster registered by hand: the original's `instance_info`, with the
+/// `master_node_id` and `slaves` its web UI reads.
 #[derive(Serialize)]
 struct ClusterJson<'a> {
-    master_server: &'a str,
+    master_server: Option<&'a str>,
     slave_servers: &'a [String],
+    master_node_id: Option<&'a str>,
+    slaves: usize,
+}
+
+/// The original's `instance_info`: for a cluster the service created, what its owner asked
+/// for, with the servers made so far; else what is known of the cluster.
+fn instance_info<'a>(instance: &'a Instance) -> InstanceInfo<'a> {
+    let master = instance.master.as_deref();
+    let asked = instance
+        .info
+        .as_deref()
+        .and_then(|text| serde_json::from_str::<serde_json::Map<String, Value>>(text).ok());
+    match asked {
+        Some(mut asked) => {
+            asked.insert("master_node_id".into(), json!(master));
+            asked.insert("master_server".into(), json!(master));
+            asked.insert("slave_servers".into(), json!(instance.slaves));
+            InstanceInfo::Asked(asked)
+        }
+        None => InstanceInfo::Known(ClusterJson {
+            master_server: master,
+            slave_servers: &instance.slaves,
+            master_node_id: master,
+            slaves: instance.slaves.len(),
+        }),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum InstanceInfo<'a> {
+    Asked(serde_json::Map<String, Value>),
+    Known(ClusterJson<'a>),
 }
 
 /// The `info` object of an instance: the record's `id`, `name` and `instance_info`, where the
@@ -236,8 +270,8 @@ struct ClusterJson<'a> {
 struct InfoJson<'a> {
     id: &'a str,
     name: &'a str,
-    instance_info: ClusterJson<'a>,
-    master_server: &'a str,
+    instance_info: InstanceInfo<'a>,
+    master_server: Option<&'a str>,
     slave_servers: &'a [String],
     created_at: String,
 }
@@ -292,11 +326,8 @@ pub fn instance_details(
         info: info.then(|| InfoJson {
             id: &instance.id,
             name: &instance.name,
-            instance_info: ClusterJson {
-                master_server: &instance.master,
-                slave_servers: &instance.slaves,
-            },
-            master_server: &instance.master,
+            instance_info: instance_info(&instance),
+            master_server: instance.master.as_deref(),
             slave_servers: &instance.slaves,
             created_at: rfc3339(instance.created_at),
         }),

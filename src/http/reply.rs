@@ -59,6 +59,9 @@ impl Reply {
 pub enum ApiError {
     /// 400: the request is malformed; the message says how.
     BadRequest(String),
+    /// 400: fields of a create refused, each `"<field>: <sentence>"`: one error object each,
+    /// whose `detail` is a list, as the original's clients read it (`detail[0]`).
+    InvalidFields(Vec<String>),
     /// 401: no token, or identity rejected it.
     Unauthorized,
     /// 404: no such path, or no such instance or action for this user.
@@ -90,7 +93,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
-            ApiError::BadRequest(_) => 400,
+            ApiError::BadRequest(_) | ApiError::InvalidFields(_) => 400,
             ApiError::Unauthorized => 401,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
@@ -110,6 +113,7 @@ impl ApiError {
     fn message_and_slug(&self) -> (String, &'static str) {
         match self {
             ApiError::BadRequest(m) => (m.clone(), "bad_request"),
+            ApiError::InvalidFields(all) => (all.join(" "), "invalid_field"),
             ApiError::Unauthorized => ("Invalid token".into(), "unauthorized"),
             ApiError::NotFound(m) => (m.clone(), "not_found"),
             ApiError::MethodNotAllowed(allow) => (
@@ -144,6 +148,16 @@ impl ApiError {
     /// `status`).
     pub fn reply(&self) -> Reply {
         let status = self.status();
+        if let ApiError::InvalidFields(all) = self {
+            let errors: Vec<_> = all
+                .iter()
+                .map(|m| {
+                    json!({"message": m, "code": status, "details": "invalid_field",
+                           "status": status, "detail": [m]})
+                })
+                .collect();
+            return Reply::json(status, &json!({ "errors": errors }));
+        }
         let (message, details) = self.message_and_slug();
         let reply = Reply::json(
             status,
@@ -199,6 +213,18 @@ mod tests {
             r#"{"errors":[{"message":"Invalid token","code":401,"details":"unauthorized","status":401,"detail":"Invalid token"}]}"#
         );
         assert_eq!(r.headers[1], ("WWW-Authenticate", "Token".to_string()));
+    }
+
+    #[test]
+    fn refused_fields_are_one_error_each_with_a_list_for_detail() {
+        let r = ApiError::InvalidFields(vec!["a: x.".into(), "b: y.".into()]).reply();
+        assert_eq!(r.status, 400);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            v["errors"][1],
+            json!({"message": "b: y.", "code": 400, "details": "invalid_field",
+                   "status": 400, "detail": ["b: y."]})
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::reply::{ApiError, Reply};
 use super::request::{BodySource, Caller, Head};
-use super::{action_call, reads, App};
+use super::{action_call, create, reads, App};
 use crate::auth::{token_from_headers, Token};
 use crate::okeanos::AuthError;
 use crate::store::Store;
@@ -18,7 +18,12 @@ pub enum Route<'a> {
     Metrics,
     Authenticate,
     Instances,
+    /// `/api/lambda-instance/`: the original's path of a create.
+    CreateInstance,
     Count,
+    VmParameterValues,
+    UserProjects,
+    UserPublicKeys,
     Instance(&'a str),
     Actions(&'a str),
     Action(&'a str, &'a str),
@@ -32,7 +37,11 @@ impl Route<'_> {
             Route::Metrics => "/metrics",
             Route::Authenticate => "/api/authenticate/",
             Route::Instances => "/api/lambda-instances/",
+            Route::CreateInstance => "/api/lambda-instance/",
             Route::Count => "/api/lambda-instances/count/",
+            Route::VmParameterValues => "/api/vm-parameter-values/",
+            Route::UserProjects => "/api/user-okeanos-projects/",
+            Route::UserPublicKeys => "/api/user-public-keys/",
             Route::Instance(_) => "/api/lambda-instances/{id}/",
             Route::Actions(_) => "/api/lambda-instances/{id}/actions/",
             Route::Action(..) => "/api/lambda-instances/{id}/actions/{action_id}/",
@@ -42,6 +51,8 @@ impl Route<'_> {
     fn allow(&self) -> &'static str {
         match self {
             Route::Instance(_) => "DELETE, GET, HEAD, POST",
+            Route::Instances => "GET, HEAD, POST",
+            Route::CreateInstance => "POST",
             _ => "GET, HEAD",
         }
     }
@@ -59,6 +70,10 @@ pub fn route(path: &str) -> Option<Route<'_>> {
         ["metrics"] => Route::Metrics,
         ["api", "authenticate"] => Route::Authenticate,
         ["api", "lambda-instances"] => Route::Instances,
+        ["api", "lambda-instance"] => Route::CreateInstance,
+        ["api", "vm-parameter-values"] => Route::VmParameterValues,
+        ["api", "user-okeanos-projects"] => Route::UserProjects,
+        ["api", "user-public-keys"] => Route::UserPublicKeys,
         ["api", "lambda-instances", "count"] => Route::Count,
         ["api", "lambda-instances", id] => Route::Instance(id),
         ["api", "lambda-instances", id, "actions"] => Route::Actions(id),
@@ -116,6 +131,8 @@ fn dispatch(
     let read = matches!(method, "GET" | "HEAD");
     match (route, method) {
         (Route::Instance(_), "POST" | "DELETE") => {}
+        (Route::Instances | Route::CreateInstance, "POST") => {}
+        (Route::CreateInstance, _) => return Err(ApiError::MethodNotAllowed(route.allow())),
         (_, _) if read => {}
         _ => return Err(ApiError::MethodNotAllowed(route.allow())),
     }
@@ -139,11 +156,19 @@ fn dispatch(
             action_call::destroy(app, store, head, &caller, id)
         }
         Route::Instance(id) => reads::instance_details(store, head, user, id),
+        Route::Instances | Route::CreateInstance if method == "POST" => {
+            create::handle(app, store, head, body, &caller)
+        }
         Route::Instances => reads::list_instances(app, store, head, user),
+        Route::VmParameterValues => create::vm_parameter_values(app, &caller),
+        Route::UserProjects => create::user_projects(app, &caller),
+        Route::UserPublicKeys => create::user_public_keys(app, &caller),
         Route::Count => reads::count_instances(store, user),
         Route::Actions(id) => reads::list_actions(app, store, head, user, id),
         Route::Action(id, action_id) => reads::action(app, store, user, id, action_id),
-        Route::Health | Route::Metrics => unreachable!("answered before authentication"),
+        Route::Health | Route::Metrics | Route::CreateInstance => {
+            unreachable!("answered before authentication, or above")
+        }
     }
 }
 
@@ -188,6 +213,10 @@ mod tests {
         check("/api/authenticate", Some(Route::Authenticate));
         check("/api/lambda-instances/", Some(Route::Instances));
         check("/api/lambda-instances/count", Some(Route::Count));
+        check("/api/lambda-instance/", Some(Route::CreateInstance));
+        check("/api/vm-parameter-values", Some(Route::VmParameterValues));
+        check("/api/user-okeanos-projects/", Some(Route::UserProjects));
+        check("/api/user-public-keys/", Some(Route::UserPublicKeys));
         check("/api/lambda-instances/abc/", Some(Route::Instance("abc")));
         check(
             "/api/lambda-instances/abc/actions",

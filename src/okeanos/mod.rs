@@ -3,21 +3,23 @@
 //! fault shapes and status words: `server.rs` says what a server's status means,
 //! `error.rs` what a failed call was.
 
+mod account;
+mod build;
 mod error;
 mod server;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::metrics::Metrics;
-use crate::plan::Command;
+pub use account::{Flavor, Left};
+pub use build::{network_name, NewServer};
 use error::fault;
 pub use error::{AuthError, OkeanosError};
 use server::server_state;
-pub use server::{target_status, Sent, ServerState};
+pub use server::{target_status, Listing, Sent, ServerState};
 
 /// Largest response body read from ~okeanos; theirs are a few KiB.
 const MAX_RESPONSE_BYTES: u64 = 1 << 20;
@@ -27,10 +29,20 @@ const MAX_RESPONSE_BYTES: u64 = 1 << 20;
 pub struct Identity {
     pub user_id: String,
     pub name: String,
-    /// The `compute` entry of the service catalog, if any.
-    pub compute_url: Option<String>,
-    /// The `network` entry of the service catalog, if any.
-    pub network_url: Option<String>,
+    pub catalog: Catalog,
+}
+
+/// Where the user's services are, from identity's service catalog; None where it has no entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    /// Cyclades compute (`compute`).
+    pub compute: Option<String>,
+    /// Cyclades network (`network`): networks, subnets, floating IPs.
+    pub network: Option<String>,
+    /// Astakos account (`account`): projects and quotas.
+    pub account: Option<String>,
+    /// Cyclades user data (`cyclades_userdata`): public keys.
+    pub userdata: Option<String>,
 }
 
 /// The HTTP methods of the calls made with a user's token.
@@ -176,32 +188,12 @@ impl Client {
     /// `GET {compute}/servers/detail` → the status and task of every server of the token's
     /// owner, by server id: one call for all of an owner's VMs. (Cyclades lists no deleted
     /// server: one not listed is gone.)
-    pub fn servers_detail(
-        &self,
-        compute: &str,
-        token: &str,
-    ) -> Result<HashMap<String, ServerState>, OkeanosError> {
+    pub fn servers_detail(&self, compute: &str, token: &str) -> Result<Listing, OkeanosError> {
         let v = self.get_json("detail", &format!("{compute}/servers/detail"), token)?;
         let servers = v["servers"]
             .as_array()
             .ok_or_else(|| OkeanosError::reply("servers reply without servers"))?;
-        Ok(servers.iter().filter_map(server_state).collect())
-    }
-
-    /// Sends `command` to a server: `POST {compute}/servers/{id}/action` with `{"start":{}}`
-    /// or `{"shutdown":{}}`, or `DELETE {compute}/servers/{id}`.
-    pub fn command_server(
-        &self,
-        compute: &str,
-        token: &str,
-        server: &str,
-        command: Command,
-    ) -> Result<Sent, OkeanosError> {
-        match command {
-            Command::Start => self.start_server(compute, token, server),
-            Command::Shutdown => self.shutdown_server(compute, token, server),
-            Command::Delete => self.delete_server(compute, token, server),
-        }
+        Ok(Listing::of(servers))
     }
 
     /// `POST {compute}/servers/{id}/action` with `{"start":{}}`.
@@ -310,8 +302,12 @@ fn parse_identity(body: &[u8]) -> Option<Identity> {
     Some(Identity {
         user_id,
         name,
-        compute_url: endpoint("compute"),
-        network_url: endpoint("network"),
+        catalog: Catalog {
+            compute: endpoint("compute"),
+            network: endpoint("network"),
+            account: endpoint("account"),
+            userdata: endpoint("cyclades_userdata"),
+        },
     })
 }
 
@@ -327,8 +323,8 @@ mod tests {
         let id = parse_identity(body).unwrap();
         assert_eq!(id.user_id, "u-1");
         assert_eq!(id.name, "Ann");
-        assert_eq!(id.compute_url.as_deref(), Some("http://c/compute/v2.0"));
-        assert_eq!(id.network_url, None);
+        assert_eq!(id.catalog.compute.as_deref(), Some("http://c/compute/v2.0"));
+        assert_eq!(id.catalog.network, None);
         assert_eq!(parse_identity(br#"{"access":{}}"#), None);
     }
 }

@@ -8,7 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::end::{end_actions, Which};
 use super::idempotency::{self, Answer};
+use super::instances::insert_created;
 use super::{kind_of, status_of, Result, Store, StoreError};
+use crate::build::Build;
 use crate::model::{decide, ActionKind, ActionState, Decision, LiveAction, Snapshot};
 use crate::sync::lock;
 
@@ -19,6 +21,8 @@ pub enum Requested {
     NotFound,
     /// A new action was committed.
     Created(String),
+    /// A new instance and its create action were committed: (instance, action).
+    New { instance: String, action: String },
     /// The action already in flight.
     Merged(String),
     /// Refused by the state table.
@@ -46,9 +50,19 @@ pub struct KeyUse {
     pub max_per_owner: u64,
 }
 
-/// An action request on an owner's instance.
+/// A new instance for the service to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCluster {
+    pub name: String,
+    /// What the owner asked for (JSON), as the details show it.
+    pub info: String,
+    pub build: Build,
+}
+
+/// An action request on an owner's instance, or (with `create`) for a new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionRequest {
+    /// The instance acted on; unused for a create.
     pub instance_id: String,
     pub owner: String,
     pub kind: ActionKind,
@@ -57,6 +71,8 @@ pub struct ActionRequest {
     pub compute_url: String,
     pub network_url: Option<String>,
     pub key: Option<KeyUse>,
+    /// The instance to create, for a create.
+    pub create: Option<NewCluster>,
 }
 
 /// A decision that writes nothing breaks off with its outcome; one to create an action goes
@@ -72,14 +88,14 @@ fn settle(decision: Decision) -> ControlFlow<Requested, Option<String>> {
 
 /// What `conn` sees of `owner`'s instance: its status and its action in flight.
 fn read_snapshot(conn: &Connection, instance_id: &str, owner: &str) -> Result<Option<Snapshot>> {
-    let status: Option<String> = conn
+    let row: Option<(String, bool)> = conn
         .prepare_cached(
-            "SELECT status FROM lambda_instances
-             WHERE id = ?1 AND owner = ?2",
+            "SELECT status, EXISTS (SELECT 1 FROM instance_servers WHERE instance_id = id)
+             FROM lambda_instances WHERE id = ?1 AND owner = ?2",
         )?
-        .query_row(params![instance_id, owner], |r| r.get(0))
+        .query_row(params![instance_id, owner], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let Some(status) = status else {
+    let Some((status, has_servers)) = row else {
         return Ok(None);
     };
     let live = conn
@@ -97,6 +113,7 @@ fn read_snapshot(conn: &Connection, instance_id: &str, owner: &str) -> Result<Op
     Ok(Some(Snapshot {
         status: status_of(status)?,
         live,
+        has_servers,
     }))
 }
 
@@ -129,17 +146,33 @@ fn decide_and_write(conn: &Connection, r: &ActionRequest, now: i64) -> Result<Re
             return Ok(done);
         }
     }
-    let snapshot = read_snapshot(conn, &r.instance_id, &r.owner)?;
-    let outcome = match settle(decide(snapshot.as_ref(), r.kind)) {
-        ControlFlow::Break(done) => done,
-        ControlFlow::Continue(supersede) => Requested::Created(create(conn, r, supersede, now)?),
+    let outcome = match &r.create {
+        Some(new) => {
+            let instance = insert_created(conn, &new.name, &r.owner, &new.info, &new.build, now)?;
+            let action = insert_action(conn, &instance, r, now)?;
+            Requested::New { instance, action }
+        }
+        None => {
+            let snapshot = read_snapshot(conn, &r.instance_id, &r.owner)?;
+            match settle(decide(snapshot.as_ref(), r.kind)) {
+                ControlFlow::Break(done) => done,
+                ControlFlow::Continue(supersede) => {
+                    Requested::Created(create(conn, r, supersede, now)?)
+                }
+            }
+        }
     };
     if let Some(key) = &r.key {
-        let answer = match &outcome {
-            Requested::Created(id) | Requested::Merged(id) => Some(Answer::Accepted {
-                action: id.clone(),
+        let accepted = |instance: &str, action: &str| {
+            Some(Answer::Accepted {
+                instance: instance.to_string(),
+                action: action.to_string(),
                 base_url: key.base_url.clone(),
-            }),
+            })
+        };
+        let answer = match &outcome {
+            Requested::Created(id) | Requested::Merged(id) => accepted(&r.instance_id, id),
+            Requested::New { instance, action } => accepted(instance, action),
             Requested::Conflict(message) => Some(Answer::Refused(message.clone())),
             _ => None,
         };
@@ -162,6 +195,16 @@ fn create(
         let why = Some("superseded by a new action");
         end_actions(conn, Which::One(&stale), ActionState::Failed, why, now)?;
     }
+    let id = insert_action(conn, &r.instance_id, r, now)?;
+    conn.prepare_cached(
+        "UPDATE lambda_instances SET status = ?2, failure_message = NULL WHERE id = ?1",
+    )?
+    .execute(params![r.instance_id, r.kind.transient_status().name()])?;
+    Ok(id)
+}
+
+/// Writes a queued action of `r` on `instance`, due now; returns its id.
+fn insert_action(conn: &Connection, instance: &str, r: &ActionRequest, now: i64) -> Result<String> {
     // Time-ordered (version 7): new ids land at the end of the primary key's b-tree, so the
     // actions committed together share its last page instead of each dirtying a random one.
     let id = uuid::Uuid::now_v7().to_string();
@@ -172,17 +215,13 @@ fn create(
     )?
     .execute(params![
         id,
-        r.instance_id,
+        instance,
         r.kind.name(),
         r.token,
         r.compute_url,
         r.network_url,
         now
     ])?;
-    conn.prepare_cached(
-        "UPDATE lambda_instances SET status = ?2, failure_message = NULL WHERE id = ?1",
-    )?
-    .execute(params![r.instance_id, r.kind.transient_status().name()])?;
     Ok(id)
 }
 
@@ -205,16 +244,18 @@ impl Store {
         // Most requests that change nothing (a merge, a conflict, a replay) are answered from
         // unlocked reads. A request with a key that is new has its outcome kept, and so goes
         // on to be written, as does a new action.
+        let creates = request.create.is_some();
         match &request.key {
             Some(key) => {
                 let now = self.now_ms();
                 if let Some(done) = key_verdict(&self.conn, &request.owner, key, now)? {
                     return Ok(done);
                 }
-                if snapshot.is_none() {
+                if snapshot.is_none() && !creates {
                     return Ok(Requested::NotFound);
                 }
             }
+            None if creates => {}
             None => {
                 if let ControlFlow::Break(done) = settle(decide(snapshot, request.kind)) {
                     return Ok(done);
@@ -274,7 +315,6 @@ pub(crate) mod tests {
     use crate::model::Status;
     use crate::store::instances::tests::{instance, status, store, OWNER};
     use crate::store::{Database, NewInstance, Synchronous};
-    use std::time::Duration;
 
     /// A request of `owner`'s on instance `id`, without a key.
     pub(crate) fn ask(id: &str, owner: &str, kind: ActionKind) -> ActionRequest {
@@ -286,6 +326,7 @@ pub(crate) mod tests {
             compute_url: "http://c".into(),
             network_url: None,
             key: None,
+            create: None,
         }
     }
 
@@ -351,11 +392,11 @@ pub(crate) mod tests {
         assert_eq!(again, Requested::Merged(a));
     }
 
-    fn on_disk(dir: &std::path::Path) -> Database {
+    pub(crate) fn on_disk(dir: &std::path::Path) -> Database {
         Database::new(dir.join("g.db"), Synchronous::Normal)
     }
 
-    fn stopped(n: usize) -> Vec<NewInstance> {
+    pub(crate) fn stopped(n: usize) -> Vec<NewInstance> {
         (0..n)
             .map(|i| NewInstance {
                 name: format!("g{i}"),
@@ -364,7 +405,7 @@ pub(crate) mod tests {
                 slaves: vec![],
                 status: Status::Stopped,
                 network: None,
-                public_ip: None,
+                floating_ips: Vec::new(),
             })
             .collect()
     }
@@ -423,37 +464,5 @@ pub(crate) mod tests {
             assert!(matches!(r, Requested::Created(_)), "{id}: {r:?}");
         }
         assert_eq!(store.live_counts().unwrap(), (17, 0));
-    }
-
-    /// Eight threads making 40 actions each, back to back, through the real database: every
-    /// one is committed and none is left waiting.
-    #[test]
-    fn group_commit_hands_the_lead_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = on_disk(dir.path());
-        let mut store = db.open().unwrap();
-        let (done, finished) = crossbeam_channel::unbounded();
-        for _ in 0..8 {
-            let mine = store.add_instances(&stopped(40)).unwrap();
-            let (db, done) = (db.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut store = db.open().unwrap();
-                let created = mine
-                    .iter()
-                    .filter(|id| {
-                        let r = request(&mut store, id, ActionKind::Start);
-                        matches!(r, Requested::Created(_))
-                    })
-                    .count();
-                let _ = done.send(created);
-            });
-        }
-        for _ in 0..8 {
-            let created = finished
-                .recv_timeout(Duration::from_secs(60))
-                .expect("a request was left waiting");
-            assert_eq!(created, 40);
-        }
-        assert_eq!(store.live_counts().unwrap(), (320, 0));
     }
 }

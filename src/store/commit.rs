@@ -122,6 +122,9 @@ impl<T, R> GroupCommit<T, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ActionKind;
+    use crate::store::actions::tests::{request, stopped};
+    use crate::store::Requested;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -165,5 +168,38 @@ mod tests {
         }));
         assert!(lost.is_err());
         assert_eq!(group.submit(2, |b| b.to_vec()), Some(2));
+    }
+
+    /// Eight threads making 40 actions each, back to back, through the real database: every
+    /// one is committed and none is left waiting.
+    #[test]
+    fn group_commit_hands_the_lead_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let db =
+            crate::store::Database::new(dir.path().join("g.db"), crate::store::Synchronous::Normal);
+        let mut store = db.open().unwrap();
+        let (done, finished) = crossbeam_channel::unbounded();
+        for _ in 0..8 {
+            let mine = store.add_instances(&stopped(40)).unwrap();
+            let (db, done) = (db.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut store = db.open().unwrap();
+                let created = mine
+                    .iter()
+                    .filter(|id| {
+                        let r = request(&mut store, id, ActionKind::Start);
+                        matches!(r, Requested::Created(_))
+                    })
+                    .count();
+                let _ = done.send(created);
+            });
+        }
+        for _ in 0..8 {
+            let created = finished
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a request was left waiting");
+            assert_eq!(created, 40);
+        }
+        assert_eq!(store.live_counts().unwrap(), (320, 0));
     }
 }

@@ -9,9 +9,13 @@ use super::{Result, Store};
 /// What a request sent with a key came to, kept to be answered again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// 202 with this action (created, or the one in flight), its links under `base_url` as
-    /// the first answer's were.
-    Accepted { action: String, base_url: String },
+    /// 202 with this action (created, or the one in flight) on this instance, its links
+    /// under `base_url` as the first answer's were.
+    Accepted {
+        instance: String,
+        action: String,
+        base_url: String,
+    },
     /// 409 with this sentence.
     Refused(String),
 }
@@ -26,17 +30,21 @@ pub(super) struct Kept {
 /// `owner`'s `key`, if it was used at or after `since` (ms since the epoch).
 pub(super) fn find(conn: &Connection, owner: &str, key: &str, since: i64) -> Result<Option<Kept>> {
     type Row = (String, i64, Option<String>, Option<String>, Option<String>);
-    let row: Option<Row> = conn
+    let row: Option<(Row, Option<String>)> = conn
         .prepare_cached(
-            "SELECT fingerprint, status, action_id, base_url, message FROM idempotency_keys
-             WHERE owner = ?1 AND key = ?2 AND created_at >= ?3",
+            "SELECT fingerprint, status, action_id, base_url, message, instance_id
+             FROM idempotency_keys WHERE owner = ?1 AND key = ?2 AND created_at >= ?3",
         )?
-        .query_row(params![owner, key, since], |r| r.try_into())
+        .query_row(params![owner, key, since], |r| {
+            let row = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+            Ok((row, r.get(5)?))
+        })
         .optional()?;
-    Ok(
-        row.map(|(fingerprint, status, action_id, base_url, message)| {
+    Ok(row.map(
+        |((fingerprint, status, action_id, base_url, message), instance)| {
             let answer = match (status, action_id) {
                 (202, Some(action)) => Answer::Accepted {
+                    instance: instance.unwrap_or_default(),
                     action,
                     base_url: base_url.unwrap_or_default(),
                 },
@@ -46,8 +54,8 @@ pub(super) fn find(conn: &Connection, owner: &str, key: &str, since: i64) -> Res
                 fingerprint,
                 answer,
             }
-        }),
-    )
+        },
+    ))
 }
 
 /// How many keys `owner` used at or after `since`.
@@ -69,20 +77,25 @@ pub(super) fn keep(
     answer: &Answer,
     now: i64,
 ) -> Result<()> {
-    let (status, action_id, base_url, message) = match answer {
-        Answer::Accepted { action, base_url } => (202, Some(action), Some(base_url), None),
-        Answer::Refused(m) => (409, None, None, Some(m)),
+    let (status, instance, action_id, base_url, message) = match answer {
+        Answer::Accepted {
+            instance,
+            action,
+            base_url,
+        } => (202, Some(instance), Some(action), Some(base_url), None),
+        Answer::Refused(m) => (409, None, None, None, Some(m)),
     };
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO idempotency_keys
-             (owner, key, fingerprint, status, action_id, base_url, message, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT OR REPLACE INTO idempotency_keys (owner, key, fingerprint, status,
+             instance_id, action_id, base_url, message, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         owner,
         key,
         fingerprint,
         status,
+        instance,
         action_id,
         base_url,
         message,
@@ -142,6 +155,7 @@ mod tests {
             panic!("not created")
         };
         let accepted = Requested::Replayed(Answer::Accepted {
+            instance: id.clone(),
             action: a.clone(),
             base_url: "http://h".into(),
         });
@@ -182,6 +196,7 @@ mod tests {
         let (mut store, clock) = store();
         let now = store.now_ms();
         let accepted = Answer::Accepted {
+            instance: "i1".into(),
             action: "a1".into(),
             base_url: "http://h".into(),
         };

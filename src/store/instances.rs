@@ -1,11 +1,12 @@
-//! The `lambda_instances` and `instance_servers` tables: registering, reading and listing
-//! instances.
+//! The `lambda_instances`, `instance_servers` and `instance_floating_ips` tables: registering,
+//! creating, reading and listing instances, and what a create has made of one.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{status_of, Result, Store, StoreError};
+use crate::build::Build;
 use crate::model::Status;
-use crate::plan::Cluster;
+use crate::plan::{Cluster, Target, TargetKind};
 
 /// A lambda instance as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,13 +16,15 @@ pub struct Instance {
     pub owner: String,
     pub status: Status,
     pub failure_message: Option<String>,
-    pub master: String,
+    /// The master's server id; None while a create has not made it yet, or never did.
+    pub master: Option<String>,
+    /// The slaves' server ids, in order (those made so far, while a create runs).
     pub slaves: Vec<String>,
     pub created_at: i64,
     /// The private network destroy deletes, if any.
     pub network: Option<String>,
-    /// The floating IP destroy deletes, if any.
-    pub public_ip: Option<String>,
+    /// What the owner asked for, for an instance the service created (JSON).
+    pub info: Option<String>,
 }
 
 /// An instance as the list shows it.
@@ -33,7 +36,7 @@ pub struct Summary {
     pub failure_message: Option<String>,
 }
 
-/// An instance to register.
+/// An instance to register: VMs someone else made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewInstance {
     pub name: String,
@@ -42,7 +45,8 @@ pub struct NewInstance {
     pub slaves: Vec<String>,
     pub status: Status,
     pub network: Option<String>,
-    pub public_ip: Option<String>,
+    /// The floating IPs a destroy deletes with the VMs.
+    pub floating_ips: Vec<String>,
 }
 
 /// An instance's own columns, as `with_servers` takes them.
@@ -54,12 +58,12 @@ struct InstanceRow {
     failure_message: Option<String>,
     created_at: i64,
     network: Option<String>,
-    public_ip: Option<String>,
+    info: Option<String>,
 }
 
 /// The columns `instance_row` reads, in its order.
 const INSTANCE_COLUMNS: &str = "i.id, i.name, i.owner, i.status, i.failure_message, \
-     i.created_at, i.network_id, i.public_ip_id";
+     i.created_at, i.network_id, i.info";
 
 /// Reads the columns of [`INSTANCE_COLUMNS`] (and ignores what follows).
 fn instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
@@ -71,12 +75,20 @@ fn instance_row(r: &rusqlite::Row) -> rusqlite::Result<InstanceRow> {
         failure_message: r.get(4)?,
         created_at: r.get(5)?,
         network: r.get(6)?,
-        public_ip: r.get(7)?,
+        info: r.get(7)?,
     })
 }
 
-/// An instance from its row and its VMs.
-fn with_servers(row: InstanceRow, master: String, slaves: Vec<String>) -> Result<Instance> {
+/// An instance from its row and its VMs, (position, server id) in order.
+fn with_servers(row: InstanceRow, servers: Vec<(i64, String)>) -> Result<Instance> {
+    let mut master = None;
+    let mut slaves = Vec::new();
+    for (position, id) in servers {
+        match position {
+            0 => master = Some(id),
+            _ => slaves.push(id),
+        }
+    }
     Ok(Instance {
         status: status_of(row.status)?,
         id: row.id,
@@ -87,33 +99,113 @@ fn with_servers(row: InstanceRow, master: String, slaves: Vec<String>) -> Result
         slaves,
         created_at: row.created_at,
         network: row.network,
-        public_ip: row.public_ip,
+        info: row.info,
     })
 }
 
-fn no_servers(instance_id: &str) -> StoreError {
-    StoreError::Corrupt(format!("instance {instance_id} has no servers"))
-}
-
-/// The ~okeanos things instance `id` is made of: its servers (the master first), its private
-/// network and its floating IP.
+/// The ~okeanos things instance `id` is made of: its servers and floating IPs by slot, its
+/// private network, and whether the service built it.
 pub(super) fn read_cluster(conn: &Connection, id: &str) -> Result<Cluster> {
-    let (network, floating_ip) = conn
-        .prepare_cached("SELECT network_id, public_ip_id FROM lambda_instances WHERE id = ?1")?
+    let row: Option<(Option<String>, Option<String>)> = conn
+        .prepare_cached("SELECT network_id, build FROM lambda_instances WHERE id = ?1")?
         .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-        .unwrap_or((None, None));
-    let servers = conn
-        .prepare_cached(
-            "SELECT server_id FROM instance_servers WHERE instance_id = ?1 ORDER BY position",
-        )?
-        .query_map(params![id], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
+        .optional()?;
+    let (network, build) = row.unwrap_or_default();
+    let build = build.as_deref().map(parse_build).transpose()?;
+    let by_slot = |sql: &str| -> Result<Vec<(usize, String)>> {
+        let rows = conn
+            .prepare_cached(sql)?
+            .query_map(params![id], |r| {
+                Ok((r.get::<_, i64>(0)? as usize, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    };
+    let place = |rows: Vec<(usize, String)>, at_least: usize| {
+        let len = rows.iter().map(|(slot, _)| slot + 1).max().unwrap_or(0);
+        let mut all = vec![None; len.max(at_least)];
+        for (slot, id) in rows {
+            all[slot] = Some(id);
+        }
+        all
+    };
+    let servers = by_slot(
+        "SELECT position, server_id FROM instance_servers WHERE instance_id = ?1 ORDER BY position",
+    )?;
+    let ips = by_slot(
+        "SELECT slot, floating_ip_id FROM instance_floating_ips WHERE instance_id = ?1
+         ORDER BY slot",
+    )?;
     Ok(Cluster {
-        servers,
+        servers: place(servers, build.as_ref().map_or(0, |b| b.slaves as usize + 1)),
         network,
-        floating_ip,
+        floating_ips: place(ips, 0),
+        built: build.is_some(),
     })
+}
+
+/// The build of an instance, as stored.
+pub(super) fn parse_build(text: &str) -> Result<Build> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("an instance's build: {e}")))
+}
+
+/// Inserts an instance the service is to create, PENDING, with what was asked (`info`) and
+/// how it is built; returns its new uuid.
+pub(super) fn insert_created(
+    conn: &Connection,
+    name: &str,
+    owner: &str,
+    info: &str,
+    build: &Build,
+    now: i64,
+) -> Result<String> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let build = serde_json::to_string(build)
+        .map_err(|e| StoreError::Corrupt(format!("writing a build: {e}")))?;
+    conn.prepare_cached(
+        "INSERT INTO lambda_instances (id, name, owner, status, created_at, info, build)
+         VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5, ?6)",
+    )?
+    .execute(params![id, name, owner, now, info, build])?;
+    Ok(id)
+}
+
+/// Records on instance `id` a thing its create has made (or found made): so that whatever
+/// happens next, a destroy or the undoing of a failed create finds it.
+pub(super) fn record_made(conn: &Connection, id: &str, target: &Target) -> Result<()> {
+    let Some(made) = &target.id else {
+        return Ok(());
+    };
+    let sql = match target.kind {
+        TargetKind::Server => {
+            "INSERT OR REPLACE INTO instance_servers (instance_id, position, server_id)
+             VALUES (?1, ?2, ?3)"
+        }
+        TargetKind::FloatingIp => {
+            "INSERT OR REPLACE INTO instance_floating_ips (instance_id, slot, floating_ip_id)
+             VALUES (?1, ?2, ?3)"
+        }
+        TargetKind::Network => {
+            "UPDATE lambda_instances SET network_id = ?3 WHERE id = ?1 AND ?2 = 0"
+        }
+        // Deleted with its network.
+        TargetKind::Subnet => return Ok(()),
+    };
+    conn.prepare_cached(sql)?
+        .execute(params![id, target.slot, made])?;
+    Ok(())
+}
+
+/// Forgets everything instance `id` was made of: its create was undone, and all of it
+/// deleted.
+pub(super) fn forget_made(conn: &Connection, id: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM instance_servers WHERE instance_id = ?1")?
+        .execute(params![id])?;
+    conn.prepare_cached("DELETE FROM instance_floating_ips WHERE instance_id = ?1")?
+        .execute(params![id])?;
+    conn.prepare_cached("UPDATE lambda_instances SET network_id = NULL WHERE id = ?1")?
+        .execute(params![id])?;
+    Ok(())
 }
 
 impl Store {
@@ -124,12 +216,15 @@ impl Store {
         let mut ids = Vec::with_capacity(new.len());
         {
             let mut instance = tx.prepare(
-                "INSERT INTO lambda_instances (id, name, owner, status, created_at, network_id,
-                                               public_ip_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO lambda_instances (id, name, owner, status, created_at, network_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut server = tx.prepare(
                 "INSERT INTO instance_servers (instance_id, position, server_id) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut ip = tx.prepare(
+                "INSERT INTO instance_floating_ips (instance_id, slot, floating_ip_id)
+                 VALUES (?1, ?2, ?3)",
             )?;
             for i in new {
                 let id = uuid::Uuid::new_v4().to_string();
@@ -139,12 +234,14 @@ impl Store {
                     i.owner,
                     i.status.name(),
                     now,
-                    i.network,
-                    i.public_ip
+                    i.network
                 ])?;
                 let servers = std::iter::once(&i.master).chain(&i.slaves);
                 for (position, s) in servers.enumerate() {
                     server.execute(params![id, position as i64, s])?;
+                }
+                for (slot, f) in i.floating_ips.iter().enumerate() {
+                    ip.execute(params![id, slot as i64, f])?;
                 }
                 ids.push(id);
             }
@@ -167,12 +264,18 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// What instance `id` is made of on ~okeanos.
+    pub fn cluster(&self, id: &str) -> Result<Cluster> {
+        read_cluster(&self.conn, id)
+    }
+
     /// The instance `id` if `owner` owns it (a DESTROYED one is kept for reference); another
     /// user's instance is as absent as a missing one.
     pub fn owned_instance(&self, id: &str, owner: &str) -> Result<Option<Instance>> {
-        // One statement, so one read transaction: a row per VM, the master first.
+        // One statement, so one read transaction: a row per VM (or one with none), the
+        // master first.
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {INSTANCE_COLUMNS}, s.server_id
+            "SELECT {INSTANCE_COLUMNS}, s.position, s.server_id
              FROM lambda_instances i LEFT JOIN instance_servers s ON s.instance_id = i.id
              WHERE i.id = ?1 AND i.owner = ?2
              ORDER BY s.position"
@@ -182,14 +285,15 @@ impl Store {
             return Ok(None);
         };
         let row = instance_row(first)?;
-        let Some(master) = first.get::<_, Option<String>>(8)? else {
-            return Err(no_servers(&row.id));
-        };
-        let mut slaves = Vec::new();
-        while let Some(r) = rows.next()? {
-            slaves.push(r.get(8)?);
+        let mut servers = Vec::new();
+        let mut next = Some(first);
+        while let Some(r) = next {
+            if let Some(position) = r.get::<_, Option<i64>>(8)? {
+                servers.push((position, r.get(9)?));
+            }
+            next = rows.next()?;
         }
-        with_servers(row, master, slaves).map(Some)
+        with_servers(row, servers).map(Some)
     }
 
     /// Every instance, for the command line.
@@ -203,9 +307,15 @@ impl Store {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter()
             .map(|row| {
-                let mut servers = read_cluster(&self.conn, &row.id)?.servers.into_iter();
-                let master = servers.next().ok_or_else(|| no_servers(&row.id))?;
-                with_servers(row, master, servers.collect())
+                let servers = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT position, server_id FROM instance_servers WHERE instance_id = ?1
+                         ORDER BY position",
+                    )?
+                    .query_map(params![row.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                with_servers(row, servers)
             })
             .collect()
     }
@@ -273,7 +383,7 @@ pub(crate) mod tests {
                 slaves: vec!["s1".into(), "s2".into()],
                 status,
                 network: None,
-                public_ip: None,
+                floating_ips: Vec::new(),
             })
             .unwrap()
     }
@@ -287,7 +397,7 @@ pub(crate) mod tests {
         let (mut store, _) = store();
         let id = instance(&mut store, Status::Stopped);
         let i = store.owned_instance(&id, OWNER).unwrap().unwrap();
-        assert_eq!(i.master, "m");
+        assert_eq!(i.master.as_deref(), Some("m"));
         assert_eq!(i.slaves, vec!["s1", "s2"]);
         assert_eq!(i.created_at, 1_000_000);
         assert!(store.owned_instance(&id, "someone else").unwrap().is_none());

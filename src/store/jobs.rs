@@ -9,11 +9,11 @@ use std::time::Duration;
 use rusqlite::{params, OptionalExtension};
 
 use super::end::{end_actions, Which};
-use super::instances::read_cluster;
+use super::instances::{forget_made, parse_build, read_cluster};
 use super::progress::{claim_holds, read_targets, write_plan, write_progress, Job, NewStep};
-use super::{kind_of, millis, Result, Store, StoreError};
-use crate::model::{ActionState, Status};
-use crate::plan::plan;
+use super::{kind_of, millis, Result, Store};
+use crate::model::{ActionKind, ActionState, Status};
+use crate::plan::{plan, Cluster};
 
 /// The action due the longest, among those a worker may claim at `?1`: a running one whose
 /// due time has come, one whose holder's lease has expired, or (with `?2`) a new one.
@@ -85,37 +85,44 @@ impl Store {
                 ")
                  RETURNING id, instance_id,
                      (SELECT owner FROM lambda_instances i WHERE i.id = instance_id),
-                     action, token, compute_url, network_url, attempts, created_at"
+                     action, token, compute_url, network_url, attempts, created_at, error,
+                     (SELECT build FROM lambda_instances i WHERE i.id = instance_id)"
             ))?
             .query_row(params![now, queued, claim, now + millis(lease)], |r| {
-                Ok(Job {
-                    action_id: r.get(0)?,
-                    instance_id: r.get(1)?,
-                    owner: r.get(2)?,
-                    action: kind_of(r.get(3)?)?,
-                    token: r.get(4)?,
-                    compute_url: r.get(5)?,
-                    network_url: r.get(6)?,
-                    claim: claim.clone(),
-                    attempt: r.get(7)?,
-                    created_at: r.get(8)?,
-                    targets: Vec::new(),
-                })
+                let build: Option<String> = r.get(10)?;
+                Ok((
+                    Job {
+                        action_id: r.get(0)?,
+                        instance_id: r.get(1)?,
+                        owner: r.get(2)?,
+                        action: kind_of(r.get(3)?)?,
+                        token: r.get(4)?,
+                        compute_url: r.get(5)?,
+                        network_url: r.get(6)?,
+                        claim: claim.clone(),
+                        attempt: r.get(7)?,
+                        created_at: r.get(8)?,
+                        undoing: r.get(9)?,
+                        build: None,
+                        targets: Vec::new(),
+                    },
+                    build,
+                ))
             })
             .optional()?;
-        let Some(mut job) = claimed else {
+        let Some((mut job, build)) = claimed else {
             return Ok(None);
         };
+        job.build = build.as_deref().map(parse_build).transpose()?;
         job.targets = read_targets(&tx, &job.action_id)?;
-        if job.targets.is_empty() {
-            // The first tick of this action: its plan, nothing done yet.
-            let cluster = read_cluster(&tx, &job.instance_id)?;
-            if cluster.servers.is_empty() {
-                return Err(StoreError::Corrupt(format!(
-                    "instance {} has no servers",
-                    job.instance_id
-                )));
-            }
+        let first = job.targets.is_empty() && job.undoing.is_none();
+        if first {
+            // The first tick of this action: its plan, nothing done yet. (A plan may be
+            // empty: destroying an instance whose creation left nothing.)
+            let cluster = match (&job.build, job.action) {
+                (Some(build), ActionKind::Create) => Cluster::to_build(build),
+                _ => read_cluster(&tx, &job.instance_id)?,
+            };
             write_plan(&tx, &job.action_id, &plan(job.action, &cluster), now)?;
             job.targets = read_targets(&tx, &job.action_id)?;
         }
@@ -124,14 +131,28 @@ impl Store {
     }
 
     /// Ends a claimed action with its last `steps`: succeeded (`error` None) or failed, in
-    /// one transaction with the instance's new status. Returns false when the claim was lost.
+    /// one transaction with the instance's new status. A create being undone ends failed,
+    /// with why it failed; once undone, what it had made is forgotten (it is all deleted).
+    /// Returns false when the claim was lost.
     pub fn finish(&mut self, job: &Job, error: Option<&str>, steps: &[NewStep]) -> Result<bool> {
         let now = self.now_ms();
         let tx = self.begin_write()?;
         if !claim_holds(&tx, &job.action_id, &job.claim)? {
             return Ok(false);
         }
-        write_progress(&tx, &job.action_id, now, &[], steps)?;
+        write_progress(&tx, job, now, &[], steps)?;
+        let undone;
+        let error = match (&job.undoing, error) {
+            (None, error) => error,
+            (Some(why), None) => {
+                forget_made(&tx, &job.instance_id)?;
+                Some(why.as_str())
+            }
+            (Some(why), Some(also)) => {
+                undone = format!("{why}; deleting what it made failed: {also}");
+                Some(undone.as_str())
+            }
+        };
         let (state, status) = match error {
             None => (ActionState::Succeeded, job.action.final_status()),
             Some(_) => (ActionState::Failed, Status::Failed),
@@ -147,6 +168,35 @@ impl Store {
             "UPDATE lambda_instances SET status = ?2, failure_message = ?3 WHERE id = ?1",
         )?
         .execute(params![job.instance_id, status.name(), error])?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Turns a claimed create that failed (`why`) into the undoing of what it made: the rest
+    /// of its plan gives way to a destroy's plan of the instance as recorded (with a look for
+    /// what was made and not recorded), due at once, and `why` is kept for its end. The claim
+    /// is let go. Returns false when the claim was lost.
+    pub fn undo(&mut self, job: &Job, why: &str, steps: &[NewStep]) -> Result<bool> {
+        let now = self.now_ms();
+        let tx = self.begin_write()?;
+        if !claim_holds(&tx, &job.action_id, &job.claim)? {
+            return Ok(false);
+        }
+        write_progress(&tx, job, now, &[], steps)?;
+        tx.prepare_cached("DELETE FROM action_targets WHERE action_id = ?1")?
+            .execute(params![job.action_id])?;
+        let cluster = read_cluster(&tx, &job.instance_id)?;
+        write_plan(
+            &tx,
+            &job.action_id,
+            &plan(ActionKind::Destroy, &cluster),
+            now,
+        )?;
+        tx.prepare_cached(
+            "UPDATE actions SET error = ?2, claim = NULL, lease_until = NULL, due_at = ?3
+             WHERE id = ?1",
+        )?
+        .execute(params![job.action_id, why, now])?;
         tx.commit()?;
         Ok(true)
     }
@@ -222,7 +272,7 @@ mod tests {
                 slaves: vec!["s1".into()],
                 status: Status::Started,
                 network: Some("n1".into()),
-                public_ip: Some("ip1".into()),
+                floating_ips: vec!["ip1".into()],
             })
             .unwrap();
         request(&mut store, &id, ActionKind::Destroy);

@@ -96,46 +96,85 @@ impl Store {
     }
 
     /// Version 3 to 4: `action_vms`, whose `vm` column held `floatingip/<id>` and
-    /// `network/<id>` at positions 1000000 and 1000001, becomes `action_targets` with a kind
-    /// and a slot; `idempotency_keys` keeps each request's outcome (the 202's action, the
-    /// 409's sentence) instead of the answer's bytes, read out of them here.
+    /// `network/<id>` at positions 1000000 and 1000001, becomes `action_targets`, with a
+    /// kind, a slot and a command; `actions` is rebuilt, its CHECK allowing `create`;
+    /// `lambda_instances` gains `info` and `build`, and its `public_ip_id` becomes a row of
+    /// `instance_floating_ips`; `idempotency_keys` keeps each request's outcome (the 202's
+    /// action, the 409's sentence) instead of the answer's bytes, read out of them here.
+    /// Foreign keys are off meanwhile (outside the transaction), as for version 3.
     fn migrate_to_4(&mut self) -> Result<()> {
-        let tx = self.begin_write()?;
-        if checked_version(&tx)? >= 4 {
-            return Ok(());
-        }
-        tx.execute_batch(
-            "ALTER TABLE idempotency_keys RENAME TO idempotency_keys_v3;
-             DROP INDEX IF EXISTS idempotency_keys_by_age;",
-        )?;
-        tx.execute_batch(SCHEMA)?;
-        tx.execute_batch(
-            "INSERT INTO action_targets (action_id, kind, slot, target_id, phase, seq, state,
-                 sent, since, next_at, polls, tries)
-             SELECT action_id,
-                 CASE WHEN vm LIKE 'floatingip/%' THEN 'floating_ip'
-                      WHEN vm LIKE 'network/%' THEN 'network' ELSE 'server' END,
-                 CASE WHEN position >= 1000000 THEN 0 ELSE position END,
-                 CASE WHEN vm LIKE 'floatingip/%' THEN substr(vm, 12)
-                      WHEN vm LIKE 'network/%' THEN substr(vm, 9) ELSE vm END,
-                 phase,
-                 ROW_NUMBER() OVER (PARTITION BY action_id ORDER BY phase, position) - 1,
-                 state, sent, since, next_at, polls, tries
-             FROM action_vms;
-             DROP TABLE action_vms;
-             INSERT INTO idempotency_keys (owner, key, fingerprint, status, action_id,
-                 base_url, message, created_at)
-             SELECT owner, key, fingerprint, status,
-                 CASE WHEN status = 202 THEN json_extract(body, '$.data[0].id') END,
-                 CASE WHEN status = 202 THEN substr(location, 1, instr(location, '/api/') - 1)
-                 END,
-                 CASE WHEN status = 409 THEN json_extract(body, '$.errors[0].message') END,
-                 created_at
-             FROM idempotency_keys_v3 WHERE status IN (202, 409) AND json_valid(body);
-             DROP TABLE idempotency_keys_v3;",
-        )?;
-        tx.pragma_update(None, "user_version", 4)?;
-        tx.commit()
+        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
+        self.conn.pragma_update(None, "legacy_alter_table", "ON")?;
+        let rebuilt = (|| -> Result<()> {
+            let tx = self.begin_write()?;
+            if checked_version(&tx)? >= 4 {
+                return Ok(());
+            }
+            tx.execute_batch(
+                "ALTER TABLE actions RENAME TO actions_v3;
+                 DROP INDEX IF EXISTS actions_one_live_per_instance;
+                 DROP INDEX IF EXISTS actions_live;
+                 DROP INDEX IF EXISTS actions_by_instance;
+                 DROP INDEX IF EXISTS actions_due;
+                 ALTER TABLE idempotency_keys RENAME TO idempotency_keys_v3;
+                 DROP INDEX IF EXISTS idempotency_keys_by_age;
+                 ALTER TABLE lambda_instances ADD COLUMN info TEXT;
+                 ALTER TABLE lambda_instances ADD COLUMN build TEXT;",
+            )?;
+            tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(
+                "INSERT INTO actions SELECT id, instance_id, action, state, attempts, error,
+                     token, compute_url, network_url, claim, lease_until, created_at,
+                     started_at, finished_at, due_at
+                 FROM actions_v3;
+                 DROP TABLE actions_v3;
+                 INSERT INTO action_targets (action_id, kind, slot, target_id, command, phase,
+                     seq, state, sent, since, next_at, polls, tries)
+                 SELECT v.action_id,
+                     CASE WHEN vm LIKE 'floatingip/%' THEN 'floating_ip'
+                          WHEN vm LIKE 'network/%' THEN 'network' ELSE 'server' END,
+                     CASE WHEN position >= 1000000 THEN 0 ELSE position END,
+                     CASE WHEN vm LIKE 'floatingip/%' THEN substr(vm, 12)
+                          WHEN vm LIKE 'network/%' THEN substr(vm, 9) ELSE vm END,
+                     CASE a.action WHEN 'start' THEN 'start' WHEN 'stop' THEN 'shutdown'
+                          ELSE 'delete' END,
+                     phase,
+                     ROW_NUMBER() OVER (PARTITION BY v.action_id ORDER BY phase, position) - 1,
+                     v.state, sent, since, next_at, polls, tries
+                 FROM action_vms v JOIN actions a ON a.id = v.action_id;
+                 DROP TABLE action_vms;
+                 INSERT INTO instance_floating_ips (instance_id, slot, floating_ip_id)
+                 SELECT id, 0, public_ip_id FROM lambda_instances WHERE public_ip_id IS NOT NULL;
+                 ALTER TABLE lambda_instances DROP COLUMN public_ip_id;
+                 INSERT INTO idempotency_keys (owner, key, fingerprint, status, instance_id,
+                     action_id, base_url, message, created_at)
+                 SELECT k.owner, k.key, k.fingerprint, k.status, a.instance_id,
+                     CASE WHEN k.status = 202 THEN json_extract(k.body, '$.data[0].id') END,
+                     CASE WHEN k.status = 202
+                          THEN substr(k.location, 1, instr(k.location, '/api/') - 1) END,
+                     CASE WHEN k.status = 409
+                          THEN json_extract(k.body, '$.errors[0].message') END,
+                     k.created_at
+                 FROM idempotency_keys_v3 k
+                 LEFT JOIN actions a ON a.id = json_extract(k.body, '$.data[0].id')
+                 WHERE k.status IN (202, 409) AND json_valid(k.body);
+                 DROP TABLE idempotency_keys_v3;
+                 PRAGMA user_version = 4;",
+            )?;
+            let broken: i64 =
+                tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+                    r.get(0)
+                })?;
+            if broken != 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "{broken} row(s) lost their references while migrating to version 4"
+                )));
+            }
+            tx.commit()
+        })();
+        self.conn.pragma_update(None, "legacy_alter_table", "OFF")?;
+        self.conn.pragma_update(None, "foreign_keys", "ON")?;
+        rebuilt
     }
 }
 
@@ -149,6 +188,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::model::{ActionState, Status};
+    use crate::plan::Command;
     use crate::store::{Database, TargetState};
 
     /// Every version shipped before this one, with its schema as it was released.
@@ -197,8 +237,11 @@ mod tests {
         }
         if version >= 3 {
             // The live action's run had begun: its slave is waiting, its master still to do.
+            // The stopped instance has a private network and a floating IP.
             conn.execute_batch(
-                "UPDATE actions SET due_at = 7 WHERE id = 'a1';
+                "UPDATE lambda_instances SET network_id = 'n2', public_ip_id = 'ip2'
+                 WHERE id = 'i2';
+                 UPDATE actions SET due_at = 7 WHERE id = 'a1';
                  INSERT INTO action_vms (action_id, vm, position, phase, state, sent, next_at)
                  VALUES ('a1', 's1', 1, 0, 'waiting', 1, 7), ('a1', 'm1', 0, 1, 'todo', 0, 7);",
             )
@@ -256,6 +299,16 @@ mod tests {
             assert_eq!(running.status, Status::Starting, "{}", at("i1"));
             let stopped = store.owned_instance("i2", "u").unwrap().expect("i2");
             assert_eq!(stopped.status, Status::Stopped, "{}", at("i2"));
+            if version >= 3 {
+                let cluster = store.cluster("i2").unwrap();
+                let resources = (stopped.network.as_deref(), cluster.floating_ips);
+                assert_eq!(
+                    resources,
+                    (Some("n2"), vec![Some("ip2".into())]),
+                    "{}",
+                    at("i2")
+                );
+            }
             let done = store.action("i2", "a2").unwrap().expect("a2");
             assert_eq!(done.state, ActionState::Succeeded, "{}", at("a2"));
             assert_eq!(done.steps.len(), 1, "{}", at("a2's steps"));
@@ -272,6 +325,7 @@ mod tests {
                 .iter()
                 .map(|t| (t.target.label(), t.phase, t.state, t.sent))
                 .collect();
+            assert!(job.targets.iter().all(|t| t.command == Command::Start));
             let waiting = if version >= 3 {
                 (TargetState::Waiting, true)
             } else {
@@ -293,15 +347,15 @@ mod tests {
                 .unwrap();
             assert_eq!(keys, i64::from(version >= 2), "{}", at("idempotency keys"));
             if version >= 2 {
-                let kept: (i64, String, String) = store
+                let kept: (i64, String, String, String) = store
                     .conn
                     .query_row(
-                        "SELECT status, action_id, base_url FROM idempotency_keys",
+                        "SELECT status, instance_id, action_id, base_url FROM idempotency_keys",
                         [],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                     )
                     .unwrap();
-                let want = (202, "a2".to_string(), "http://h".to_string());
+                let want = (202, "i2".into(), "a2".into(), "http://h".to_string());
                 assert_eq!(kept, want, "{}", at("the kept outcome"));
             }
             let bad: Vec<String> = store

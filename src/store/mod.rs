@@ -39,12 +39,12 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-pub use actions::{ActionRequest, KeyUse, Requested};
+pub use actions::{ActionRequest, KeyUse, NewCluster, Requested};
 pub use backup::{Copied, DatabaseLock, LIVE_AT_BACKUP};
 pub use history::{ActionRecord, Step};
 pub use idempotency::Answer;
 pub use instances::{Instance, NewInstance, Summary};
-pub use progress::{Job, NewStep, TargetProgress, TargetState};
+pub use progress::{Job, NewStep, TargetProgress, TargetState, Took};
 
 use crate::clock::Clock;
 use crate::model::{ActionKind, ActionState, Status};

@@ -42,8 +42,8 @@ impl std::fmt::Display for Failure {
             // ~okeanos's own message first, with its causes: it says what the user can do
             // about it.
             Failure::Okeanos { target, op, error } => {
-                let what = match target.kind {
-                    TargetKind::Server => "server ",
+                let what = match (target.kind, &target.id) {
+                    (TargetKind::Server, Some(_)) => "server ",
                     _ => "",
                 };
                 write!(f, "{} on {op} of {what}{}", Report(error), target.label())

@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::okeanos::ServerState;
+use crate::okeanos::Listing;
 use crate::sync::lock;
 
-/// Server states by server id.
-pub type Servers = Arc<HashMap<String, ServerState>>;
+/// An owner's servers, shared.
+pub type Servers = Arc<Listing>;
 
 /// How long (ms) a listing is kept at most.
 const KEEP_MS: i64 = 1000;
@@ -54,7 +54,7 @@ mod tests {
     #[test]
     fn a_listing_serves_what_fell_due_before_it_was_asked_for() {
         let listings = Listings::default();
-        listings.put("c", "u1", 1000, Arc::new(HashMap::new()));
+        listings.put("c", "u1", 1000, Arc::new(Listing::default()));
         assert!(listings.get("c", "u1", 1000).is_some());
         assert!(listings.get("c", "u1", 900).is_some());
         assert!(
@@ -64,10 +64,10 @@ mod tests {
         assert!(listings.get("c", "u2", 0).is_none());
         assert!(listings.get("other", "u1", 0).is_none());
         // An older answer arriving late does not replace a newer one.
-        listings.put("c", "u1", 500, Arc::new(HashMap::new()));
+        listings.put("c", "u1", 500, Arc::new(Listing::default()));
         assert!(listings.get("c", "u1", 1000).is_some());
         // Another owner's listing much later drops this one.
-        listings.put("c", "u2", 5000, Arc::new(HashMap::new()));
+        listings.put("c", "u2", 5000, Arc::new(Listing::default()));
         assert!(listings.get("c", "u1", 0).is_none());
     }
 }

@@ -5,6 +5,7 @@
 
 mod failure;
 mod listing;
+mod make;
 mod retry_save;
 mod run;
 mod target;
@@ -22,6 +23,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::eta::Eta;
 use crate::metrics::Metrics;
+use crate::model::ActionKind;
 use crate::okeanos::Client;
 use crate::report::Report;
 use crate::shutdown::Shutdown;
@@ -303,6 +305,29 @@ impl Worker {
                 Some(message)
             }
         };
+        if let (ActionKind::Create, None, Some(why)) = (job.action, &job.undoing, &error) {
+            // A create that fails deletes what it made before it ends.
+            warn!(
+                "action {id}: the create failed: {}; deleting what it made",
+                crate::report::escaped(why)
+            );
+            match self.store.undo(&job, why, &unsaved.steps) {
+                Ok(true) => {
+                    let _ = self.wake.try_send(());
+                }
+                Ok(false) => warn!("action {id}: taken over before it could be undone"),
+                Err(e) => {
+                    error!("action {id}: undoing it: {}; trying again", Report(&e));
+                    let why = why.clone();
+                    self.retry_saves.push(RetrySave::Undo {
+                        job,
+                        why,
+                        steps: unsaved.steps,
+                    });
+                }
+            }
+            return;
+        }
         match self.store.finish(&job, error.as_deref(), &unsaved.steps) {
             Ok(true) => self.ended(&job, error.as_deref()),
             Ok(false) => warn!("action {id}: taken over before it could be finished"),
@@ -323,6 +348,8 @@ impl Worker {
     /// What follows an action's end, once it is saved.
     fn ended(&mut self, job: &Job, error: Option<&str>) {
         let id = &job.action_id;
+        // A create undone ends failed, with why it failed.
+        let error = error.or(job.undoing.as_deref());
         let took = Duration::from_millis((self.store.now_ms() - job.created_at).max(0) as u64);
         let _ = self.ended.try_send(());
         let state = if error.is_some() {

@@ -25,12 +25,20 @@ pub(super) enum RetrySave {
         error: Option<String>,
         steps: Vec<NewStep>,
     },
+    /// Undo `job`, a create that failed (`why`).
+    Undo {
+        job: Job,
+        why: String,
+        steps: Vec<NewStep>,
+    },
 }
 
 impl RetrySave {
     fn action_id(&self) -> &str {
         match self {
-            RetrySave::Park { job, .. } | RetrySave::Finish { job, .. } => &job.action_id,
+            RetrySave::Park { job, .. }
+            | RetrySave::Finish { job, .. }
+            | RetrySave::Undo { job, .. } => &job.action_id,
         }
     }
 }
@@ -52,6 +60,7 @@ impl Worker {
                 RetrySave::Finish { job, error, steps } => {
                     self.store.finish(job, error.as_deref(), steps)
                 }
+                RetrySave::Undo { job, why, steps } => self.store.undo(job, why, steps),
             };
             match saved {
                 Ok(true) => {

@@ -18,7 +18,7 @@ use super::target::Observed;
 use super::unsaved::Unsaved;
 use super::Worker;
 use crate::okeanos::OkeanosError;
-use crate::plan::{describe, Command, TargetKind};
+use crate::plan::{describe, TargetKind};
 use crate::store::{Job, TargetState};
 
 /// Commands a tick sends between two saves.
@@ -89,7 +89,6 @@ impl Worker {
     /// One tick of `job`: the calls due now, phase after phase. What it did is left in
     /// `unsaved`, for the caller to save with the action's parking or end.
     pub(super) fn tick(&mut self, job: &mut Job, unsaved: &mut Unsaved) -> Result<Tick, Stop> {
-        let command = Command::of(job.action);
         loop {
             if self.grace_over.is_triggered() {
                 return Err(Stop::Interrupted);
@@ -124,13 +123,14 @@ impl Worker {
             if fresh_phase {
                 let opened: Vec<_> = current.iter().map(|i| &targets[*i].target).collect();
                 let labels: Vec<String> = opened.iter().map(|t| t.label()).collect();
+                let command = targets[current[0]].command;
                 unsaved.step(&labels.join(","), "phase", describe(command, &opened));
             }
             let (servers, others): (Vec<usize>, Vec<usize>) = due
                 .into_iter()
                 .partition(|i| targets[*i].target.kind == TargetKind::Server);
             for i in others {
-                self.advance(job, unsaved, i, command, Observed::Unread, now)?;
+                self.advance(job, unsaved, i, Observed::Unread, now)?;
             }
             if servers.is_empty() {
                 continue;
@@ -144,9 +144,20 @@ impl Worker {
                 }
             };
             for i in servers {
-                let id = job.targets[i].target.id.as_deref().unwrap_or_default();
-                let seen = Observed::Server(listed.get(id).cloned());
-                self.advance(job, unsaved, i, command, seen, now)?;
+                let t = &mut job.targets[i];
+                if t.target.id.is_none() {
+                    // Made and not recorded (a call that timed out, a run that did not live
+                    // to save it): found by the metadata that names its instance and slot.
+                    if let Some(found) = listed.made_for(&job.instance_id, t.target.slot) {
+                        let label = t.target.label();
+                        t.target.id = Some(found.clone());
+                        unsaved.touch(i);
+                        unsaved.step(&label, "status", format!("found server {found}"));
+                    }
+                }
+                let id = job.targets[i].target.id.as_deref();
+                let seen = Observed::Server(id.and_then(|id| listed.by_id.get(id).cloned()));
+                self.advance(job, unsaved, i, seen, now)?;
             }
         }
     }

@@ -1,20 +1,22 @@
-//! The one state machine every target of a plan goes through, whatever its kind and the
-//! action's command: read it; skip it if it is already where the command takes it; wait for
-//! the command if it is already under way; else send the command; then read it again until it
-//! is there, failing when waiting cannot help or takes too long. A thing this service does not
-//! read (a floating IP, a network) is sent its command at once, and the answer says where it
-//! is. Which status means what is `okeanos.rs`'s to say.
+//! The one state machine every target of a plan goes through, whatever its kind and its
+//! command: read it; skip it if it is already where the command takes it; wait for the
+//! command if it is already under way; else send the command; then read it again until it is
+//! there, failing when waiting cannot help or takes too long. A thing this service does not
+//! read (a floating IP, a network, a subnet) is sent its command at once, and the answer says
+//! where it is. Which status means what is `okeanos/`'s to say; how a thing is made exactly
+//! once is `make.rs`'s.
 
 use super::failure::{Failure, Stop};
 use super::unsaved::Unsaved;
 use super::Worker;
-use crate::okeanos::{target_status, OkeanosError, Sent, ServerState};
+use crate::okeanos::{network_name, target_status, OkeanosError, Sent, ServerState};
 use crate::plan::{Command, TargetKind};
 use crate::store::{Job, TargetState};
 
 /// What was learnt of a target before acting on it.
 pub(super) enum Observed {
-    /// A server as its owner's listing shows it; None when it is not listed (gone).
+    /// A server as its owner's listing shows it; None when it is not listed (gone, or not
+    /// made yet).
     Server(Option<ServerState>),
     /// Nothing: the target is not read before its command.
     Unread,
@@ -28,14 +30,15 @@ impl Worker {
         job: &mut Job,
         unsaved: &mut Unsaved,
         i: usize,
-        command: Command,
         observed: Observed,
         now: i64,
     ) -> Result<(), Stop> {
         unsaved.touch(i);
+        let command = job.targets[i].command;
         let label = job.targets[i].target.label();
+        let known = job.targets[i].target.id.is_some();
         let state = match observed {
-            Observed::Unread => return self.send(job, unsaved, i, command, None, now),
+            Observed::Unread => return self.send(job, unsaved, i, None, now),
             Observed::Server(Some(s)) if !(command == Command::Delete && s.reached(command)) => s,
             Observed::Server(_) if command == Command::Delete => {
                 let t = &mut job.targets[i];
@@ -47,6 +50,9 @@ impl Worker {
                 t.state = TargetState::Done;
                 unsaved.step(&label, command.name(), result);
                 return Ok(());
+            }
+            Observed::Server(_) if command == Command::Create && !known => {
+                return self.send(job, unsaved, i, None, now);
             }
             Observed::Server(_) => {
                 let error = OkeanosError::Fault {
@@ -92,39 +98,71 @@ impl Worker {
             job.targets[i].commanded(now);
         }
         if state.accepts(command) && !job.targets[i].sent {
-            return self.send(job, unsaved, i, command, Some(state), now);
+            return self.send(job, unsaved, i, Some(state), now);
         }
-        self.schedule_poll(job, unsaved, i, now, state, command)
+        self.schedule_poll(job, unsaved, i, now, state)
     }
 
-    /// Sends `command` to target `i`, last seen in `state` (None: not read), and moves it on
-    /// from the answer.
+    /// Sends target `i` its command, last seen in `state` (None: not read, or not made yet),
+    /// and moves it on from the answer.
     fn send(
         &mut self,
         job: &mut Job,
         unsaved: &mut Unsaved,
         i: usize,
-        command: Command,
         state: Option<ServerState>,
         now: i64,
     ) -> Result<(), Stop> {
         let target = job.targets[i].target.clone();
+        let command = job.targets[i].command;
         let label = target.label();
-        let id = target.id.as_deref().unwrap_or_default();
         self.before_send(job, unsaved, i)?;
-        let (compute, token) = (&job.compute_url, &job.token);
-        let network = job.network_url.as_deref();
-        let answer = match (target.kind, command, network) {
-            (TargetKind::Server, _, _) => self.client.command_server(compute, token, id, command),
+        if command == Command::Create {
+            return self.make(job, unsaved, i);
+        }
+        let (compute, token) = (job.compute_url.clone(), job.token.clone());
+        let network = job.network_url.clone();
+        let id = match &target.id {
+            Some(id) => id.clone(),
+            // A network made and not recorded is found by its name.
+            None if target.kind == TargetKind::Network && network.is_some() => {
+                let name = network_name(&job.instance_id);
+                let net = network.as_deref().unwrap_or_default();
+                match self.client.find_network(net, &token, &name) {
+                    Ok(Some(id)) => id,
+                    Ok(None) => {
+                        unsaved.step(&label, command.name(), "skipped: never made");
+                        job.targets[i].state = TargetState::Done;
+                        return Ok(());
+                    }
+                    Err(e) => return self.retry_or_fail(job, unsaved, &[i], "networks", e),
+                }
+            }
+            None => {
+                unsaved.step(&label, command.name(), "skipped: never made");
+                job.targets[i].state = TargetState::Done;
+                return Ok(());
+            }
+        };
+        let answer = match (target.kind, command, network.as_deref()) {
+            (TargetKind::Server, Command::Start, _) => {
+                self.client.start_server(&compute, &token, &id)
+            }
+            (TargetKind::Server, Command::Shutdown, _) => {
+                self.client.shutdown_server(&compute, &token, &id)
+            }
+            (TargetKind::Server, Command::Delete, _) => {
+                self.client.delete_server(&compute, &token, &id)
+            }
             (_, Command::Delete, None) => {
                 unsaved.step(&label, command.name(), "no network endpoint");
                 return Err(Stop::Failed(Failure::NoNetworkEndpoint(label)));
             }
             (TargetKind::FloatingIp, Command::Delete, Some(network)) => {
-                self.client.delete_floating_ip(network, token, id)
+                self.client.delete_floating_ip(network, &token, &id)
             }
             (TargetKind::Network, Command::Delete, Some(network)) => {
-                self.client.delete_network(network, token, id)
+                self.client.delete_network(network, &token, &id)
             }
             _ => {
                 let op = command.name();
@@ -147,12 +185,12 @@ impl Worker {
                 // The wait counts from the command, however long the tick took to get to it.
                 let sent_at = self.store.now_ms();
                 job.targets[i].commanded(sent_at);
-                self.schedule_poll(job, unsaved, i, sent_at, state, command)
+                self.schedule_poll(job, unsaved, i, sent_at, state)
             }
             // Synnefo answers 400 when the server is not in a state the command applies to;
             // that may be because it just moved. Read it again before failing.
             (Err(error), Some(_)) if error.status() == Some(400) => {
-                match self.client.server_status(compute, token, id) {
+                match self.client.server_status(&compute, &token, &id) {
                     Ok(fresh) => {
                         unsaved.step(&label, "status", fresh.to_string());
                         if fresh.accepts(command) {
@@ -166,7 +204,7 @@ impl Worker {
                             unsaved.step(&label, "wait", reached);
                             return Ok(());
                         }
-                        self.schedule_poll(job, unsaved, i, now, fresh, command)
+                        self.schedule_poll(job, unsaved, i, now, fresh)
                     }
                     Err(e) => self.retry_or_fail(job, unsaved, &[i], "status", e),
                 }
@@ -177,16 +215,16 @@ impl Worker {
 
     /// Target `i` is not there yet at `now`, last seen in `state`: it fails if its wait is
     /// over, else it is due again after a pause that grows with each read.
-    fn schedule_poll(
+    pub(super) fn schedule_poll(
         &mut self,
         job: &mut Job,
         unsaved: &mut Unsaved,
         i: usize,
         now: i64,
         state: ServerState,
-        command: Command,
     ) -> Result<(), Stop> {
         let label = job.targets[i].target.label();
+        let command = job.targets[i].command;
         let wait_ms = self.settings.vm_wait_timeout.as_millis() as i64;
         let pause = self.poll_pause(job.targets[i].polls);
         let t = &mut job.targets[i];

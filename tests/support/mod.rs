@@ -132,7 +132,7 @@ impl Harness {
             slaves: slaves.iter().map(|s| s.to_string()).collect(),
             status,
             network: None,
-            public_ip: None,
+            floating_ips: Vec::new(),
         };
         self.add_new(new)
     }

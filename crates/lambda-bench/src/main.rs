@@ -445,6 +445,6 @@ fn instance(name: String, owner: String, mut servers: Vec<String>, status: Statu
         slaves: servers,
         status,
         network: None,
-        public_ip: None,
+        floating_ips: Vec::new(),
     }
 }

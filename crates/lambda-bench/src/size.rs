@@ -46,6 +46,7 @@ pub fn database_size(work: &Path, table: &mut String) -> Res<()> {
             compute_url: compute.into(),
             network_url: None,
             key: None,
+            create: None,
         };
         match store
             .request_action(snapshot.as_ref(), request)
@@ -96,6 +97,7 @@ pub fn database_size(work: &Path, table: &mut String) -> Res<()> {
                 max_age_ms: 24 * 3600 * 1000,
                 max_per_owner: INSTANCES as u64,
             }),
+            create: None,
         };
         match store.request_action(snapshot.as_ref(), request) {
             Ok(Requested::Conflict(_)) => {}

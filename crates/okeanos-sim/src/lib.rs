@@ -1,13 +1,18 @@
-//! `okeanos-sim`: a small Synnefo stand-in that answers the calls lambda-api makes — identity
-//! `POST /identity/v2.0/tokens` (with a service catalog pointing at itself) and Cyclades
-//! `GET /compute/v2.0/servers/{id}` and `POST /compute/v2.0/servers/{id}/action` — with users,
-//! tokens and VMs from a fixture, VM owners enforced, state changes after a delay, and fault
-//! injection. A control API under `/_sim/` changes faults and VMs and shows the calls made.
+//! `okeanos-sim`: a small Synnefo stand-in that answers the calls lambda-api makes: identity
+//! `POST /identity/v2.0/tokens` (with a service catalog pointing at itself); Cyclades servers
+//! (read, list, act on, create, delete), flavors and images; networks, subnets and floating
+//! IPs; Astakos projects and quotas; and public keys. Users, tokens, VMs, projects and keys
+//! come from a fixture; owners and quotas are enforced; state changes after a delay; faults
+//! can be injected on any call. A control API under `/_sim/` changes faults and VMs and
+//! shows the calls made.
 
 #![forbid(unsafe_code)]
 
 mod serve;
 mod state;
+mod world;
+
+pub use world::{Flavor, Image, Key, Limits, Project, FLOATING_NETWORK};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use state::{State, Vm};
+use world::{FloatingIp, Network, World};
 
 /// Users, their tokens, and VMs.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -32,6 +38,16 @@ pub struct Fixture {
     /// Floating IPs, which a destroy deletes.
     #[serde(default)]
     pub floating_ips: Vec<FixtureResource>,
+    /// The flavors servers can be made of.
+    #[serde(default)]
+    pub flavors: Vec<Flavor>,
+    #[serde(default)]
+    pub images: Vec<Image>,
+    #[serde(default)]
+    pub projects: Vec<Project>,
+    /// Users' public keys.
+    #[serde(default)]
+    pub keys: Vec<Key>,
 }
 
 /// A network resource of a user.
@@ -84,8 +100,13 @@ pub struct Faults {
     pub hang_ms: u64,
     /// Accepted actions end with the VM in ERROR instead of their target.
     pub fall_into_error: bool,
-    /// Compute calls on these servers wait, unanswered, until the server leaves this list.
+    /// Calls on these servers, or of these ops (as the call log names them, e.g.
+    /// `create_server`), wait unanswered until they leave this list.
     pub hold: Vec<String>,
+    /// Calls of these ops are answered 400 badRequest: a permanent fault.
+    pub refuse: Vec<String>,
+    /// Calls of these ops are answered 413 overLimit, as when a quota was used up meanwhile.
+    pub over_limit: Vec<String>,
 }
 
 /// How to run a simulator.
@@ -103,7 +124,10 @@ pub struct SimConfig {
 /// One call the simulator answered.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Call {
-    /// `tokens`, `status`, `start` or `shutdown`.
+    /// `tokens`, `status`, `detail`, `start`, `shutdown`, `delete`, `flavors`, `images`,
+    /// `projects`, `quotas`, `keys`, `networks`, `subnets`, `floatingips`, `create_network`,
+    /// `create_subnet`, `create_floatingip`, `create_server`, `delete_networks`,
+    /// `delete_floatingips`.
     pub op: String,
     pub server: Option<String>,
     pub status: u16,
@@ -134,34 +158,38 @@ impl Sim {
                 users.insert(t.clone(), (u.id.clone(), u.name.clone()));
             }
         }
-        let vms = config
-            .fixture
-            .servers
-            .iter()
-            .map(|s| {
-                let vm = Vm {
-                    owner: s.owner.clone(),
-                    name: s.name.clone(),
-                    status: s.status.clone(),
-                    pending: None,
-                };
-                (s.id.clone(), vm)
-            })
+        let fixture = &config.fixture;
+        let vms = (fixture.servers.iter())
+            .map(|s| (s.id.clone(), Vm::plain(&s.owner, &s.name, &s.status)))
             .collect();
-        let resources = (config.fixture.networks.iter().map(|r| ("networks", r)))
-            .chain(
-                config
-                    .fixture
-                    .floating_ips
-                    .iter()
-                    .map(|r| ("floatingips", r)),
-            )
-            .map(|(kind, r)| (format!("{kind}/{}", r.id), r.owner.clone()))
-            .collect();
+        let mut world = World {
+            flavors: fixture.flavors.clone(),
+            images: fixture.images.clone(),
+            projects: fixture.projects.clone(),
+            keys: fixture.keys.clone(),
+            ..World::default()
+        };
+        for r in &fixture.networks {
+            let network = Network {
+                owner: r.owner.clone(),
+                name: r.id.clone(),
+                project: None,
+            };
+            world.networks.insert(r.id.clone(), network);
+        }
+        for (n, r) in fixture.floating_ips.iter().enumerate() {
+            let ip = FloatingIp {
+                owner: r.owner.clone(),
+                project: None,
+                address: format!("83.212.0.{}", n + 1),
+                server: None,
+            };
+            world.floating_ips.insert(r.id.clone(), ip);
+        }
         let state = Arc::new(Mutex::new(State {
             users,
             vms,
-            resources,
+            world,
             faults: config.faults.clone(),
             calls: Vec::new(),
             transition: config.transition,
@@ -231,7 +259,66 @@ impl Sim {
 
     /// Whether a network resource exists: `kind` is `networks` or `floatingips`.
     pub fn resource_exists(&self, kind: &str, id: &str) -> bool {
-        self.lock().resources.contains_key(&format!("{kind}/{id}"))
+        let s = self.lock();
+        match kind {
+            "networks" => s.world.networks.contains_key(id),
+            _ => s.world.floating_ips.contains_key(id),
+        }
+    }
+
+    /// What the simulator holds of a lambda instance: the servers (not deleted) whose
+    /// metadata names it, by slot; the networks named after it, with their subnets; and the
+    /// floating IPs attached to those servers.
+    pub fn made_for(&self, instance: &str) -> Made {
+        let mut s = self.lock();
+        let now = Instant::now();
+        let mut made = Made::default();
+        for (id, vm) in s.vms.iter_mut() {
+            vm.settle(now);
+            let mine = vm.metadata.get("lambda_instance").map(String::as_str) == Some(instance);
+            if mine && vm.status != "DELETED" {
+                let slot = vm.metadata.get("lambda_slot").cloned().unwrap_or_default();
+                made.servers.push((slot, id.clone(), vm.status.clone()));
+            }
+        }
+        made.servers.sort();
+        let name = format!("lambda-{instance}");
+        for (id, n) in &s.world.networks {
+            if n.name == name {
+                made.networks.push(id.clone());
+                let subnets = s.world.subnets.values().filter(|x| x.network == *id);
+                made.subnets += subnets.count();
+            }
+        }
+        let servers: Vec<&String> = made.servers.iter().map(|(_, id, _)| id).collect();
+        made.floating_ips = (s.world.floating_ips.iter())
+            .filter(|(_, ip)| ip.server.as_ref().is_some_and(|x| servers.contains(&x)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        made
+    }
+
+    /// Every floating IP of `owner`'s, and every private network.
+    pub fn floating_ips_of(&self, owner: &str) -> Vec<String> {
+        let s = self.lock();
+        (s.world.floating_ips.iter())
+            .filter(|(_, ip)| ip.owner == owner)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// `owner`'s private networks.
+    pub fn networks_of(&self, owner: &str) -> Vec<String> {
+        let s = self.lock();
+        (s.world.networks.iter())
+            .filter(|(_, n)| n.owner == owner)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// What `user` uses of `project` now, as the quotas count it.
+    pub fn usage(&self, project: &str, user: &str) -> Limits {
+        world::usage(&mut self.lock(), project, Some(user))
     }
 
     /// How many calls are waiting now on a held server (`Faults::hold`).
@@ -280,6 +367,23 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 pub fn demo_fixture() -> Fixture {
     serde_json::from_str(include_str!("../../../config/okeanos-sim.json"))
         .expect("the shipped fixture parses")
+}
+
+/// What the simulator holds of one lambda instance ([`Sim::made_for`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Made {
+    /// (slot, server id, status) of each server not deleted, by slot.
+    pub servers: Vec<(String, String, String)>,
+    pub networks: Vec<String>,
+    pub subnets: usize,
+    pub floating_ips: Vec<String>,
+}
+
+impl Made {
+    /// Nothing at all is left.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty() && self.networks.is_empty() && self.floating_ips.is_empty()
+    }
 }
 
 /// Milliseconds since the Unix epoch, for the call log.

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::state::{compute, delete_resource, fault, identity, list, State, RESET};
+use crate::state::{compute, fault, identity, list, State, RESET};
+use crate::world::{self, with_user};
 use crate::{lock, Faults};
 
 pub(crate) fn answer(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
@@ -30,8 +31,9 @@ pub(crate) fn answer(state: &Mutex<State>, base: &str, mut request: tiny_http::R
         .unwrap_or("")
         .trim_end_matches('/')
         .to_string();
+    let op = op_of(&method, &path);
     if !path.starts_with("/_sim") {
-        delay(state, &path);
+        delay(state, &path, op);
     }
     let (status, reply) = route(state, base, &method, &path, token.as_deref(), &body);
     if status == RESET {
@@ -67,8 +69,35 @@ pub(crate) fn answer(state: &Mutex<State>, base: &str, mut request: tiny_http::R
         .and_then(|()| writer.flush());
 }
 
+/// The name a call is logged by, held by and refused by: `create_server`, `networks`, ...
+fn op_of(method: &str, path: &str) -> &'static str {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    match (method, segments.as_slice()) {
+        ("POST", ["identity", "v2.0", "tokens"]) => "tokens",
+        ("GET", ["compute", "v2.0", "servers", "detail"]) => "detail",
+        ("GET", ["compute", "v2.0", "flavors", "detail"]) => "flavors",
+        ("GET", ["compute", "v2.0", "images", "detail"]) => "images",
+        ("POST", ["compute", "v2.0", "servers"]) => "create_server",
+        ("DELETE", ["compute", "v2.0", "servers", _]) => "delete",
+        ("GET", ["compute", "v2.0", "servers", _]) => "status",
+        ("POST", ["compute", "v2.0", "servers", _, "action"]) => "action",
+        ("GET", ["network", "v2.0", "networks"]) => "networks",
+        ("POST", ["network", "v2.0", "networks"]) => "create_network",
+        ("GET", ["network", "v2.0", "subnets"]) => "subnets",
+        ("POST", ["network", "v2.0", "subnets"]) => "create_subnet",
+        ("GET", ["network", "v2.0", "floatingips"]) => "floatingips",
+        ("POST", ["network", "v2.0", "floatingips"]) => "create_floatingip",
+        ("DELETE", ["network", "v2.0", "networks", _]) => "delete_networks",
+        ("DELETE", ["network", "v2.0", "floatingips", _]) => "delete_floatingips",
+        ("GET", ["account", "v1.0", "projects"]) => "projects",
+        ("GET", ["account", "v1.0", "quotas"]) => "quotas",
+        ("GET", ["userdata", "keys"]) => "keys",
+        _ => "other",
+    }
+}
+
 /// Latency, hangs and holds: waits before a call is answered (without the lock held).
-fn delay(state: &Mutex<State>, path: &str) {
+fn delay(state: &Mutex<State>, path: &str, op: &str) {
     let (latency, hang) = {
         let mut s = lock(state);
         let hang = if s.faults.hang_next > 0 && path.starts_with("/compute") {
@@ -80,10 +109,12 @@ fn delay(state: &Mutex<State>, path: &str) {
         (s.faults.latency_ms, hang)
     };
     std::thread::sleep(Duration::from_millis(latency + hang));
-    // Held servers: the call waits (two minutes at most) until the hold is lifted.
+    // Held servers and ops: the call waits (two minutes at most) until the hold is lifted.
     let server = path.split('/').nth(4).unwrap_or("");
-    let held =
-        |s: &State| path.starts_with("/compute") && s.faults.hold.iter().any(|h| h == server);
+    let held = |s: &State| {
+        let on_server = path.starts_with("/compute") && s.faults.hold.iter().any(|h| h == server);
+        on_server || s.faults.hold.iter().any(|h| h == op)
+    };
     if !held(&lock(state)) {
         return;
     }
@@ -105,53 +136,107 @@ fn route(
 ) -> (u16, Value) {
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let mut s = lock(state);
-    match (method, segments.as_slice()) {
-        ("POST", ["identity", "v2.0", "tokens"]) => {
-            let result = identity(&s, base, body);
-            s.log("tokens", None, result.0);
-            result
+    let op = op_of(method, path);
+    if s.faults.refuse.iter().any(|r| r == op) {
+        let refused = fault(400, "badRequest", &format!("{op} refused by the simulator"));
+        s.log(op, None, refused.0);
+        return refused;
+    }
+    if s.faults.over_limit.iter().any(|r| r == op) {
+        let over = fault(
+            413,
+            "overLimit",
+            "Resource Limit Exceeded for your account.",
+        );
+        s.log(op, None, over.0);
+        return over;
+    }
+    let (server, result) = match (method, segments.as_slice()) {
+        ("POST", ["identity", "v2.0", "tokens"]) => (None, identity(&s, base, body)),
+        ("GET", ["compute", "v2.0", "servers", "detail"]) => (None, list(&mut s, token)),
+        ("GET", ["compute", "v2.0", "flavors", "detail"]) => {
+            (None, with_user(&mut s, token, |s, _| Ok(world::flavors(s))))
         }
-        ("GET", ["compute", "v2.0", "servers", "detail"]) => {
-            let result = list(&mut s, token);
-            s.log("detail", None, result.0);
-            result
+        ("GET", ["compute", "v2.0", "images", "detail"]) => {
+            (None, with_user(&mut s, token, |s, _| Ok(world::images(s))))
         }
-        ("DELETE", ["compute", "v2.0", "servers", id]) => {
-            let result = compute(&mut s, token, id, Some("delete"));
-            s.log("delete", Some(id), result.0);
-            result
+        ("POST", ["compute", "v2.0", "servers"]) => {
+            let r = with_user(&mut s, token, |s, u| world::create_server(s, &u, body));
+            let id = r.1["server"]["id"].as_str().map(str::to_string);
+            (id, r)
         }
-        ("DELETE", ["network", "v2.0", kind @ ("networks" | "floatingips"), id]) => {
-            let result = delete_resource(&mut s, token, kind, id);
-            s.log(&format!("delete_{kind}"), Some(id), result.0);
-            result
-        }
+        ("DELETE", ["compute", "v2.0", "servers", id]) => (
+            Some(id.to_string()),
+            compute(&mut s, token, id, Some("delete")),
+        ),
         ("GET", ["compute", "v2.0", "servers", id]) => {
-            let result = compute(&mut s, token, id, None);
-            s.log("status", Some(id), result.0);
-            result
+            (Some(id.to_string()), compute(&mut s, token, id, None))
         }
         ("POST", ["compute", "v2.0", "servers", id, "action"]) => {
             let action = serde_json::from_slice::<Value>(body)
                 .ok()
                 .and_then(|v| v.as_object().and_then(|o| o.keys().next().cloned()));
-            let op = action.clone().unwrap_or_else(|| "action".into());
             let result = compute(&mut s, token, id, Some(action.as_deref().unwrap_or("")));
+            let op = action.unwrap_or_else(|| "action".into());
             s.log(&op, Some(id), result.0);
-            result
+            return result;
         }
-        ("GET", ["_sim", "faults"]) => (200, json!(s.faults)),
-        ("POST" | "PUT", ["_sim", "faults"]) => match serde_json::from_slice::<Faults>(body) {
-            Ok(f) => {
-                s.faults = f;
-                (200, json!(s.faults))
+        ("GET", ["network", "v2.0", "networks"]) => (
+            None,
+            with_user(&mut s, token, |s, u| Ok(world::list_networks(s, &u))),
+        ),
+        ("POST", ["network", "v2.0", "networks"]) => {
+            let r = with_user(&mut s, token, |s, u| world::create_network(s, &u, body));
+            (r.1["network"]["id"].as_str().map(str::to_string), r)
+        }
+        ("GET", ["network", "v2.0", "subnets"]) => (
+            None,
+            with_user(&mut s, token, |s, u| Ok(world::list_subnets(s, &u))),
+        ),
+        ("POST", ["network", "v2.0", "subnets"]) => {
+            let r = with_user(&mut s, token, |s, u| world::create_subnet(s, &u, body));
+            (r.1["subnet"]["id"].as_str().map(str::to_string), r)
+        }
+        ("GET", ["network", "v2.0", "floatingips"]) => {
+            let r = with_user(&mut s, token, |s, u| Ok(world::list_floating_ips(s, &u)));
+            (None, r)
+        }
+        ("POST", ["network", "v2.0", "floatingips"]) => {
+            let r = with_user(&mut s, token, |s, u| world::create_floating_ip(s, &u, body));
+            (r.1["floatingip"]["id"].as_str().map(str::to_string), r)
+        }
+        ("DELETE", ["network", "v2.0", kind @ ("networks" | "floatingips"), id]) => {
+            let r = with_user(&mut s, token, |s, u| {
+                Ok(world::delete_resource(s, &u, kind, id))
+            });
+            (Some(id.to_string()), r)
+        }
+        ("GET", ["account", "v1.0", "projects"]) => (
+            None,
+            with_user(&mut s, token, |s, u| Ok(world::projects(s, &u))),
+        ),
+        ("GET", ["account", "v1.0", "quotas"]) => (
+            None,
+            with_user(&mut s, token, |s, u| Ok(world::quotas(s, &u))),
+        ),
+        ("GET", ["userdata", "keys"]) => (
+            None,
+            with_user(&mut s, token, |s, u| Ok(world::keys(s, &u))),
+        ),
+        ("GET", ["_sim", "faults"]) => return (200, json!(s.faults)),
+        ("POST" | "PUT", ["_sim", "faults"]) => {
+            return match serde_json::from_slice::<Faults>(body) {
+                Ok(f) => {
+                    s.faults = f;
+                    (200, json!(s.faults))
+                }
+                Err(e) => (400, json!({"error": e.to_string()})),
             }
-            Err(e) => (400, json!({"error": e.to_string()})),
-        },
-        ("GET", ["_sim", "calls"]) => (200, json!(s.calls)),
+        }
+        ("GET", ["_sim", "calls"]) => return (200, json!(s.calls)),
         ("DELETE", ["_sim", "calls"]) => {
             s.calls.clear();
-            (204, Value::Null)
+            return (204, Value::Null);
         }
         ("GET", ["_sim", "servers"]) => {
             let now = Instant::now();
@@ -163,13 +248,13 @@ fn route(
                     json!({"id": id, "name": vm.name, "owner": vm.owner, "status": vm.status})
                 })
                 .collect();
-            (200, json!(all))
+            return (200, json!(all));
         }
         ("PUT" | "POST", ["_sim", "servers", id]) => {
             let status = serde_json::from_slice::<Value>(body)
                 .ok()
                 .and_then(|v| v["status"].as_str().map(str::to_string));
-            match (s.vms.get_mut(*id), status) {
+            return match (s.vms.get_mut(*id), status) {
                 (Some(vm), Some(status)) => {
                     vm.status = status;
                     vm.pending = None;
@@ -177,8 +262,10 @@ fn route(
                 }
                 (None, _) => fault(404, "itemNotFound", "Server not found"),
                 (_, None) => fault(400, "badRequest", "Expected {\"status\": \"...\"}"),
-            }
+            };
         }
-        _ => fault(404, "itemNotFound", "No such resource"),
-    }
+        _ => (None, fault(404, "itemNotFound", "No such resource")),
+    };
+    s.log(op, server.as_deref(), result.0);
+    result
 }

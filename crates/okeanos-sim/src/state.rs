@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::world::{start_fits, World};
 use crate::{now_ms, Call, Faults};
 
 pub(crate) struct Vm {
@@ -14,6 +15,32 @@ pub(crate) struct Vm {
     pub(crate) status: String,
     /// Target status, when it is reached, and the task shown meanwhile (`SNF:task_state`).
     pub(crate) pending: Option<(String, Instant, &'static str)>,
+    /// The project whose quota it counts in, and its flavor (servers made by a create).
+    pub(crate) project: Option<String>,
+    pub(crate) flavor: Option<String>,
+    pub(crate) metadata: BTreeMap<String, String>,
+}
+
+impl Vm {
+    /// A server of the fixture: no project, no flavor, no metadata.
+    pub(crate) fn plain(owner: &str, name: &str, status: &str) -> Vm {
+        Vm {
+            owner: owner.to_string(),
+            name: name.to_string(),
+            status: status.to_string(),
+            pending: None,
+            project: None,
+            flavor: None,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// The server as Cyclades shows it.
+    pub(crate) fn json(&self, id: &str) -> Value {
+        json!({"id": id, "name": self.name, "status": self.status,
+               "SNF:task_state": self.task(), "user_id": self.owner,
+               "metadata": self.metadata})
+    }
 }
 
 impl Vm {
@@ -35,8 +62,8 @@ impl Vm {
 pub(crate) struct State {
     pub(crate) users: HashMap<String, (String, String)>,
     pub(crate) vms: BTreeMap<String, Vm>,
-    /// Networks and floating IPs, as `networks/<id>` and `floatingips/<id>`, with their owner.
-    pub(crate) resources: HashMap<String, String>,
+    /// Flavors, images, projects, keys, networks and floating IPs.
+    pub(crate) world: World,
     pub(crate) faults: Faults,
     pub(crate) calls: Vec<Call>,
     pub(crate) transition: Duration,
@@ -63,7 +90,7 @@ impl State {
     }
 
     /// A fault the compute API answers with instead of doing the call, if one is due.
-    fn compute_fault(&mut self) -> Option<(u16, Value)> {
+    pub(crate) fn compute_fault(&mut self) -> Option<(u16, Value)> {
         if self.faults.reset_next > 0 {
             self.faults.reset_next -= 1;
             return Some((RESET, Value::Null));
@@ -93,7 +120,7 @@ pub(crate) fn fault(code: u16, name: &str, message: &str) -> (u16, Value) {
     )
 }
 
-fn unavailable() -> (u16, Value) {
+pub(crate) fn unavailable() -> (u16, Value) {
     fault(
         503,
         "serviceUnavailable",
@@ -130,6 +157,12 @@ pub(crate) fn identity(s: &State, base: &str, body: &[u8]) -> (u16, Value) {
                 {"type": "network", "name": "cyclades_network", "endpoints_links": [],
                  "endpoints": [{"versionId": "v2.0", "region": "default",
                                 "publicURL": format!("{base}/network/v2.0")}]},
+                {"type": "account", "name": "astakos_account", "endpoints_links": [],
+                 "endpoints": [{"versionId": "v1.0", "region": "default",
+                                "publicURL": format!("{base}/account/v1.0")}]},
+                {"type": "cyclades_userdata", "name": "cyclades_userdata", "endpoints_links": [],
+                 "endpoints": [{"versionId": "v1.0", "region": "default",
+                                "publicURL": format!("{base}/userdata")}]},
             ],
         }}),
     )
@@ -151,36 +184,10 @@ pub(crate) fn list(s: &mut State, token: Option<&str>) -> (u16, Value) {
         .filter(|(_, vm)| vm.owner == user)
         .filter_map(|(id, vm)| {
             vm.settle(now);
-            (vm.status != "DELETED").then(|| {
-                json!({"id": id, "name": vm.name, "status": vm.status,
-                       "SNF:task_state": vm.task(), "user_id": vm.owner})
-            })
+            (vm.status != "DELETED").then(|| vm.json(id))
         })
         .collect();
     (200, json!({ "servers": servers }))
-}
-
-/// `DELETE network/v2.0/{kind}/{id}`: a network or a floating IP of the token's owner.
-pub(crate) fn delete_resource(
-    s: &mut State,
-    token: Option<&str>,
-    kind: &str,
-    id: &str,
-) -> (u16, Value) {
-    let Some((user, _)) = token.and_then(|t| s.users.get(t)).cloned() else {
-        return fault(401, "unauthorized", "Invalid token");
-    };
-    if let Some(f) = s.compute_fault() {
-        return f;
-    }
-    let key = format!("{kind}/{id}");
-    match s.resources.get(&key) {
-        Some(owner) if *owner == user => {
-            s.resources.remove(&key);
-            (204, Value::Null)
-        }
-        _ => fault(404, "itemNotFound", &format!("{key} not found")),
-    }
 }
 
 /// A compute call on server `id`: `action` None reads it, Some("start"/"shutdown") acts.
@@ -203,6 +210,16 @@ pub(crate) fn compute(
             "Resource Limit Exceeded for your account.",
         );
     }
+    let startable = s
+        .vms
+        .get(id)
+        .is_some_and(|vm| vm.owner == user && vm.status == "STOPPED" && vm.pending.is_none());
+    if action == Some("start") && startable {
+        // A started server counts in its project's cpu and ram quota again.
+        if let Err(over) = start_fits(s, id) {
+            return over;
+        }
+    }
     let transition = s.transition;
     let s_fall_into_error = s.faults.fall_into_error;
     let now = Instant::now();
@@ -212,13 +229,7 @@ pub(crate) fn compute(
     };
     vm.settle(now);
     let (target, from, verb) = match action {
-        None => {
-            return (
-                200,
-                json!({"server": {"id": id, "name": vm.name, "status": vm.status,
-                                  "SNF:task_state": vm.task(), "user_id": vm.owner}}),
-            );
-        }
+        None => return (200, json!({ "server": vm.json(id) })),
         Some("start") => ("ACTIVE", "STOPPED", "START"),
         Some("shutdown") => ("STOPPED", "ACTIVE", "STOP"),
         // DELETE: from any state; a server already deleted is not found.
@@ -273,15 +284,7 @@ mod tests {
         users.insert("t1".to_string(), ("u1".to_string(), "one".to_string()));
         users.insert("t2".to_string(), ("u2".to_string(), "two".to_string()));
         let mut vms = BTreeMap::new();
-        vms.insert(
-            "1".to_string(),
-            Vm {
-                owner: "u1".into(),
-                name: "m".into(),
-                status: "STOPPED".into(),
-                pending: None,
-            },
-        );
+        vms.insert("1".to_string(), Vm::plain("u1", "m", "STOPPED"));
         State {
             users,
             vms,
@@ -290,7 +293,7 @@ mod tests {
             transition: Duration::ZERO,
             rng: fastrand::Rng::with_seed(7),
             held: 0,
-            resources: HashMap::new(),
+            world: World::default(),
         }
     }
 
@@ -331,15 +334,8 @@ mod tests {
     #[test]
     fn the_list_shows_the_owners_servers_only() {
         let mut s = state();
-        s.vms.insert(
-            "2".to_string(),
-            Vm {
-                owner: "u2".into(),
-                name: "x".into(),
-                status: "ACTIVE".into(),
-                pending: None,
-            },
-        );
+        s.vms
+            .insert("2".to_string(), Vm::plain("u2", "x", "ACTIVE"));
         s.transition = Duration::from_secs(60);
         assert_eq!(compute(&mut s, Some("t1"), "1", Some("start")).0, 202);
         let (status, v) = list(&mut s, Some("t1"));
@@ -347,7 +343,7 @@ mod tests {
         assert_eq!(
             v["servers"],
             json!([{"id": "1", "name": "m", "status": "STOPPED", "SNF:task_state": "STARTING",
-                    "user_id": "u1"}])
+                    "user_id": "u1", "metadata": {}}])
         );
         assert_eq!(list(&mut s, Some("nope")).0, 401);
     }

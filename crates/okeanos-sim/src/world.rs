@@ -1,0 +1,741 @@
+//! What a create builds on: flavors, images, projects and their quotas, public keys, private
+//! networks and their subnets, floating IPs, and new servers. Pure state, as `state.rs`: each
+//! call takes the state and the caller's token and returns Synnefo's status and body. Quota
+//! usage is counted from what exists, so it follows creates and deletes.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::state::{fault, State, Vm};
+
+/// The network every floating IP belongs to.
+pub const FLOATING_NETWORK: &str = "floating-net";
+
+/// A flavor servers can be made of.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flavor {
+    pub id: String,
+    pub vcpus: u64,
+    /// MiB.
+    pub ram: u64,
+    /// GiB.
+    pub disk: u64,
+    #[serde(default = "yes")]
+    pub allow_create: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An image servers can be made from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub id: String,
+    pub name: String,
+}
+
+/// A project, its members and the limits of each member in it (the project's own limits are
+/// the same, counted over every member).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    #[serde(default = "active")]
+    pub state: String,
+    pub members: Vec<String>,
+    pub limits: Limits,
+}
+
+fn active() -> String {
+    "active".into()
+}
+
+/// Quota limits, in ~okeanos's resources; ram in MiB and disk in GiB here (the quotas call
+/// answers in bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub vm: u64,
+    pub cpu: u64,
+    pub ram: u64,
+    pub disk: u64,
+    pub floating_ip: u64,
+    pub private_network: u64,
+}
+
+/// A public key a user uploaded.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Key {
+    pub owner: String,
+    pub name: String,
+    pub content: String,
+}
+
+pub(crate) struct Network {
+    pub(crate) owner: String,
+    pub(crate) name: String,
+    pub(crate) project: Option<String>,
+}
+
+pub(crate) struct Subnet {
+    pub(crate) owner: String,
+    pub(crate) network: String,
+    pub(crate) cidr: String,
+}
+
+pub(crate) struct FloatingIp {
+    pub(crate) owner: String,
+    pub(crate) project: Option<String>,
+    pub(crate) address: String,
+    /// The server it is attached to.
+    pub(crate) server: Option<String>,
+}
+
+/// Everything a create makes or reads.
+#[derive(Default)]
+pub(crate) struct World {
+    pub(crate) flavors: Vec<Flavor>,
+    pub(crate) images: Vec<Image>,
+    pub(crate) projects: Vec<Project>,
+    pub(crate) keys: Vec<Key>,
+    pub(crate) networks: BTreeMap<String, Network>,
+    pub(crate) subnets: BTreeMap<String, Subnet>,
+    pub(crate) floating_ips: BTreeMap<String, FloatingIp>,
+    /// Numbers new ids and addresses.
+    pub(crate) made: u64,
+}
+
+impl World {
+    fn next(&mut self) -> u64 {
+        self.made += 1;
+        self.made
+    }
+
+    fn flavor(&self, id: &str) -> Option<&Flavor> {
+        self.flavors.iter().find(|f| f.id == id)
+    }
+}
+
+/// The user of a token, or the 401 Synnefo answers.
+fn user_of(s: &State, token: Option<&str>) -> Result<String, (u16, Value)> {
+    token
+        .and_then(|t| s.users.get(t))
+        .map(|(id, _)| id.clone())
+        .ok_or_else(|| fault(401, "unauthorized", "Invalid token"))
+}
+
+/// A request body's JSON, or the 400 Synnefo answers.
+fn body_json(body: &[u8]) -> Result<Value, (u16, Value)> {
+    serde_json::from_slice(body).map_err(|_| fault(400, "badRequest", "Malformed request body"))
+}
+
+/// Runs `call` for the token's user, after the faults due; answers what it answers.
+pub(crate) fn with_user(
+    s: &mut State,
+    token: Option<&str>,
+    call: impl FnOnce(&mut State, String) -> Result<(u16, Value), (u16, Value)>,
+) -> (u16, Value) {
+    let user = match user_of(s, token) {
+        Ok(user) => user,
+        Err(answer) => return answer,
+    };
+    if let Some(f) = s.compute_fault() {
+        return f;
+    }
+    call(s, user).unwrap_or_else(|answer| answer)
+}
+
+/// `GET compute/flavors/detail`.
+pub(crate) fn flavors(s: &State) -> (u16, Value) {
+    let all: Vec<Value> = s
+        .world
+        .flavors
+        .iter()
+        .map(|f| {
+            json!({"id": f.id, "name": format!("C{}R{}D{}drbd", f.vcpus, f.ram, f.disk),
+                   "vcpus": f.vcpus, "ram": f.ram, "disk": f.disk,
+                   "SNF:disk_template": "drbd", "SNF:allow_create": f.allow_create})
+        })
+        .collect();
+    (200, json!({ "flavors": all }))
+}
+
+/// `GET compute/images/detail`.
+pub(crate) fn images(s: &State) -> (u16, Value) {
+    let all: Vec<Value> = s
+        .world
+        .images
+        .iter()
+        .map(|i| json!({"id": i.id, "name": i.name, "status": "ACTIVE"}))
+        .collect();
+    (200, json!({ "images": all }))
+}
+
+/// `GET account/projects?mode=member`: the projects the user is a member of.
+pub(crate) fn projects(s: &State, user: &str) -> (u16, Value) {
+    let mine: Vec<Value> = s
+        .world
+        .projects
+        .iter()
+        .filter(|p| p.members.iter().any(|m| m == user))
+        .map(|p| json!({"id": p.id, "name": p.name, "state": p.state}))
+        .collect();
+    (200, Value::Array(mine))
+}
+
+/// What exists in `project`, counted as the quotas count it: of `user` alone, or of every
+/// member when `user` is None.
+pub(crate) fn usage(s: &mut State, project: &str, user: Option<&str>) -> Limits {
+    let now = Instant::now();
+    let mine = |owner: &str| user.is_none_or(|u| u == owner);
+    let mut used = Limits::default();
+    let flavors = s.world.flavors.clone();
+    for vm in s.vms.values_mut() {
+        vm.settle(now);
+        if vm.project.as_deref() != Some(project) || !mine(&vm.owner) || vm.status == "DELETED" {
+            continue;
+        }
+        let flavor = vm
+            .flavor
+            .as_ref()
+            .and_then(|f| flavors.iter().find(|x| &x.id == f));
+        used.vm += 1;
+        if let Some(f) = flavor {
+            used.disk += f.disk;
+            // Synnefo counts cpu and ram for servers that are not stopped.
+            if vm.status != "STOPPED" {
+                used.cpu += f.vcpus;
+                used.ram += f.ram;
+            }
+        }
+    }
+    let w = &s.world;
+    used.floating_ip = (w.floating_ips.values())
+        .filter(|ip| ip.project.as_deref() == Some(project) && mine(&ip.owner))
+        .count() as u64;
+    used.private_network = (w.networks.values())
+        .filter(|n| n.project.as_deref() == Some(project) && mine(&n.owner))
+        .count() as u64;
+    used
+}
+
+/// `GET account/quotas`: every project of the user, each resource with the user's and the
+/// project's limit, usage and pending.
+pub(crate) fn quotas(s: &mut State, user: &str) -> (u16, Value) {
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    let mut out = serde_json::Map::new();
+    let projects: Vec<Project> = (s.world.projects.iter())
+        .filter(|p| p.members.iter().any(|m| m == user))
+        .cloned()
+        .collect();
+    for p in projects {
+        let (mine, all) = (usage(s, &p.id, Some(user)), usage(s, &p.id, None));
+        let members = p.members.len() as u64;
+        let one = |limit: u64, used: u64, project_used: u64, unit: u64| {
+            json!({"limit": limit * unit, "usage": used * unit, "pending": 0,
+                   "project_limit": limit * unit * members, "project_usage": project_used * unit,
+                   "project_pending": 0})
+        };
+        let l = p.limits;
+        out.insert(
+            p.id.clone(),
+            json!({
+                "cyclades.vm": one(l.vm, mine.vm, all.vm, 1),
+                "cyclades.cpu": one(l.cpu, mine.cpu, all.cpu, 1),
+                "cyclades.ram": one(l.ram, mine.ram, all.ram, MIB),
+                "cyclades.disk": one(l.disk, mine.disk, all.disk, GIB),
+                "cyclades.floating_ip": one(l.floating_ip, mine.floating_ip, all.floating_ip, 1),
+                "cyclades.network.private":
+                    one(l.private_network, mine.private_network, all.private_network, 1),
+                "pithos.diskspace": one(20, 0, 0, GIB),
+            }),
+        );
+    }
+    (200, Value::Object(out))
+}
+
+/// Whether `user` may use `project` (an active member), and its limits.
+fn project_of(s: &State, user: &str, project: Option<&str>) -> Result<Limits, (u16, Value)> {
+    s.world
+        .projects
+        .iter()
+        .find(|p| Some(p.id.as_str()) == project && p.state == "active")
+        .filter(|p| p.members.iter().any(|m| m == user))
+        .map(|p| p.limits)
+        .ok_or_else(|| fault(403, "forbidden", "Not a member of this project"))
+}
+
+/// 413 overLimit unless `more` still fits the user's `limits` in `project`.
+pub(crate) fn fits(
+    s: &mut State,
+    user: &str,
+    project: &str,
+    limits: Limits,
+    more: Limits,
+) -> Result<(), (u16, Value)> {
+    let used = usage(s, project, Some(user));
+    let over = used.vm + more.vm > limits.vm
+        || used.cpu + more.cpu > limits.cpu
+        || used.ram + more.ram > limits.ram
+        || used.disk + more.disk > limits.disk
+        || used.floating_ip + more.floating_ip > limits.floating_ip
+        || used.private_network + more.private_network > limits.private_network;
+    if over {
+        return Err(fault(
+            413,
+            "overLimit",
+            "Resource Limit Exceeded for your account.",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a started server of `vm`'s flavor still fits its project's cpu and ram quota.
+pub(crate) fn start_fits(s: &mut State, id: &str) -> Result<(), (u16, Value)> {
+    let Some(vm) = s.vms.get(id) else {
+        return Ok(());
+    };
+    let (Some(project), Some(flavor)) = (vm.project.clone(), vm.flavor.clone()) else {
+        return Ok(());
+    };
+    let owner = vm.owner.clone();
+    let Some(f) = s.world.flavor(&flavor).cloned() else {
+        return Ok(());
+    };
+    let limits = project_of(s, &owner, Some(&project))?;
+    let more = Limits {
+        cpu: f.vcpus,
+        ram: f.ram,
+        ..Limits::default()
+    };
+    fits(s, &owner, &project, limits, more)
+}
+
+/// `GET userdata/keys`.
+pub(crate) fn keys(s: &State, user: &str) -> (u16, Value) {
+    let mine: Vec<Value> = (s.world.keys.iter())
+        .filter(|k| k.owner == user)
+        .map(|k| {
+            json!({"name": k.name, "content": k.content,
+                   "fingerprint": fingerprint(&k.content), "uri": format!("/userdata/keys/{}", k.name)})
+        })
+        .collect();
+    (200, Value::Array(mine))
+}
+
+/// A stand-in for a key's fingerprint: stable, and different for different keys.
+fn fingerprint(content: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in content.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+    }
+    let bytes = h.to_be_bytes();
+    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    hex.join(":")
+}
+
+/// Whether `user` has network `id`.
+fn owns_network(s: &State, user: &str, id: &str) -> bool {
+    s.world.networks.get(id).map(|n| n.owner == user) == Some(true)
+}
+
+/// `GET network/networks`.
+pub(crate) fn list_networks(s: &State, user: &str) -> (u16, Value) {
+    let mine: Vec<Value> = (s.world.networks.iter())
+        .filter(|(_, n)| n.owner == user)
+        .map(|(id, n)| {
+            let subnets: Vec<&String> = (s.world.subnets.iter())
+                .filter(|(_, sub)| sub.network == *id)
+                .map(|(sid, _)| sid)
+                .collect();
+            json!({"id": id, "name": n.name, "type": "MAC_FILTERED", "status": "ACTIVE",
+                   "subnets": subnets, "tenant_id": n.owner})
+        })
+        .collect();
+    (200, json!({ "networks": mine }))
+}
+
+/// `POST network/networks`.
+pub(crate) fn create_network(
+    s: &mut State,
+    user: &str,
+    body: &[u8],
+) -> Result<(u16, Value), (u16, Value)> {
+    let v = body_json(body)?;
+    let n = &v["network"];
+    let name = n["name"].as_str().unwrap_or_default().to_string();
+    let project = n["project"].as_str().map(str::to_string);
+    let limits = project_of(s, user, project.as_deref())?;
+    let more = Limits {
+        private_network: 1,
+        ..Limits::default()
+    };
+    fits(
+        s,
+        user,
+        project.as_deref().unwrap_or_default(),
+        limits,
+        more,
+    )?;
+    let id = format!("net-{}", s.world.next());
+    s.world.networks.insert(
+        id.clone(),
+        Network {
+            owner: user.to_string(),
+            name: name.clone(),
+            project,
+        },
+    );
+    Ok((
+        201,
+        json!({"network": {"id": id, "name": name, "type": "MAC_FILTERED", "status": "ACTIVE", "subnets": []}}),
+    ))
+}
+
+/// `GET network/subnets`.
+pub(crate) fn list_subnets(s: &State, user: &str) -> (u16, Value) {
+    let mine: Vec<Value> = (s.world.subnets.iter())
+        .filter(|(_, sub)| sub.owner == user)
+        .map(|(id, sub)| {
+            json!({"id": id, "network_id": sub.network, "cidr": sub.cidr, "ip_version": 4,
+                   "enable_dhcp": true})
+        })
+        .collect();
+    (200, json!({ "subnets": mine }))
+}
+
+/// `POST network/subnets`.
+pub(crate) fn create_subnet(
+    s: &mut State,
+    user: &str,
+    body: &[u8],
+) -> Result<(u16, Value), (u16, Value)> {
+    let v = body_json(body)?;
+    let sub = &v["subnet"];
+    let network = sub["network_id"].as_str().unwrap_or_default().to_string();
+    if !owns_network(s, user, &network) {
+        return Err(fault(404, "itemNotFound", "Network not found"));
+    }
+    if s.world.subnets.values().any(|x| x.network == network) {
+        return Err(fault(400, "badRequest", "The network has a subnet already"));
+    }
+    let cidr = sub["cidr"].as_str().unwrap_or("192.168.0.0/24").to_string();
+    let id = format!("subnet-{}", s.world.next());
+    s.world.subnets.insert(
+        id.clone(),
+        Subnet {
+            owner: user.to_string(),
+            network: network.clone(),
+            cidr: cidr.clone(),
+        },
+    );
+    Ok((
+        201,
+        json!({"subnet": {"id": id, "network_id": network, "cidr": cidr, "ip_version": 4}}),
+    ))
+}
+
+/// The server floating IP `id` is attached to, if that server is not deleted: a deleted
+/// server lets go of its IPs.
+fn attached(s: &mut State, id: &str) -> Option<String> {
+    let server = s.world.floating_ips.get(id)?.server.clone()?;
+    let vm = s.vms.get_mut(&server)?;
+    vm.settle(Instant::now());
+    (vm.status != "DELETED").then_some(server)
+}
+
+fn floating_ip_json(s: &mut State, id: &str) -> Value {
+    let server = attached(s, id);
+    let ip = &s.world.floating_ips[id];
+    json!({"id": id, "floating_ip_address": ip.address, "floating_network_id": FLOATING_NETWORK,
+           "instance_id": server, "port_id": server.as_ref().map(|s| format!("port-{s}")),
+           "tenant_id": ip.owner, "user_id": ip.owner})
+}
+
+/// `GET network/floatingips`.
+pub(crate) fn list_floating_ips(s: &mut State, user: &str) -> (u16, Value) {
+    let ids: Vec<String> = (s.world.floating_ips.iter())
+        .filter(|(_, ip)| ip.owner == user)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mine: Vec<Value> = ids.iter().map(|id| floating_ip_json(s, id)).collect();
+    (200, json!({ "floatingips": mine }))
+}
+
+/// `POST network/floatingips`.
+pub(crate) fn create_floating_ip(
+    s: &mut State,
+    user: &str,
+    body: &[u8],
+) -> Result<(u16, Value), (u16, Value)> {
+    let v = body_json(body)?;
+    let project = v["floatingip"]["project"].as_str().map(str::to_string);
+    let limits = project_of(s, user, project.as_deref())?;
+    let more = Limits {
+        floating_ip: 1,
+        ..Limits::default()
+    };
+    fits(
+        s,
+        user,
+        project.as_deref().unwrap_or_default(),
+        limits,
+        more,
+    )?;
+    let n = s.world.next();
+    let id = format!("ip-{n}");
+    let ip = FloatingIp {
+        owner: user.to_string(),
+        project,
+        address: format!("83.212.{}.{}", 1 + n / 250, 1 + n % 250),
+        server: None,
+    };
+    s.world.floating_ips.insert(id.clone(), ip);
+    let body = floating_ip_json(s, &id);
+    // Synnefo answers 200 here; a Neutron would say 201.
+    Ok((200, json!({ "floatingip": body })))
+}
+
+/// `POST compute/servers`: a new server of the user's, in BUILD until the transition is over.
+pub(crate) fn create_server(
+    s: &mut State,
+    user: &str,
+    body: &[u8],
+) -> Result<(u16, Value), (u16, Value)> {
+    let v = body_json(body)?;
+    let server = &v["server"];
+    let text = |k: &str| server[k].as_str().unwrap_or_default().to_string();
+    let (name, flavor, image, project) = (
+        text("name"),
+        text("flavorRef"),
+        text("imageRef"),
+        text("project"),
+    );
+    let Some(f) = s.world.flavor(&flavor).filter(|f| f.allow_create).cloned() else {
+        return Err(fault(404, "itemNotFound", "Flavor not found"));
+    };
+    if !s.world.images.iter().any(|i| i.id == image) {
+        return Err(fault(404, "itemNotFound", "Image not found"));
+    }
+    let limits = project_of(s, user, Some(&project))?;
+    let mut ips = Vec::new();
+    for net in server["networks"].as_array().into_iter().flatten() {
+        let uuid = net["uuid"].as_str().unwrap_or_default();
+        if uuid == FLOATING_NETWORK {
+            let address = net["fixed_ip"].as_str().unwrap_or_default();
+            let ip = (s.world.floating_ips.iter())
+                .find(|(_, ip)| ip.owner == user && ip.address == address)
+                .map(|(id, _)| id.clone());
+            let ip = ip.map(|id| (id.clone(), attached(s, &id).is_some()));
+            match ip {
+                Some((id, false)) => ips.push(id),
+                Some((_, true)) => {
+                    return Err(fault(409, "conflict", "The floating IP is in use"));
+                }
+                None => return Err(fault(404, "itemNotFound", "Floating IP not found")),
+            }
+        } else if !owns_network(s, user, uuid) {
+            return Err(fault(404, "itemNotFound", "Network not found"));
+        }
+    }
+    let more = Limits {
+        vm: 1,
+        cpu: f.vcpus,
+        ram: f.ram,
+        disk: f.disk,
+        ..Limits::default()
+    };
+    fits(s, user, &project, limits, more)?;
+    let id = format!("{}", 10_000 + s.world.next());
+    for ip in ips {
+        if let Some(ip) = s.world.floating_ips.get_mut(&ip) {
+            ip.server = Some(id.clone());
+        }
+    }
+    let metadata: BTreeMap<String, String> = (server["metadata"].as_object().into_iter())
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
+    let end = if s.faults.fall_into_error {
+        "ERROR"
+    } else {
+        "ACTIVE"
+    };
+    let vm = Vm {
+        owner: user.to_string(),
+        name: name.clone(),
+        status: "BUILD".into(),
+        pending: Some((end.into(), Instant::now() + s.transition, "BUILDING")),
+        project: Some(project),
+        flavor: Some(flavor),
+        metadata: metadata.clone(),
+    };
+    s.vms.insert(id.clone(), vm);
+    Ok((
+        202,
+        json!({"server": {"id": id, "name": name, "status": "BUILD", "metadata": metadata,
+                          "adminPass": "sim-password"}}),
+    ))
+}
+
+/// `DELETE network/{networks,floatingips}/{id}`: the user's network (with its subnets) or
+/// floating IP; an IP still attached to a server is refused.
+pub(crate) fn delete_resource(s: &mut State, user: &str, kind: &str, id: &str) -> (u16, Value) {
+    let not_found = || fault(404, "itemNotFound", &format!("{kind}/{id} not found"));
+    if kind == "networks" {
+        if !owns_network(s, user, id) {
+            return not_found();
+        }
+        s.world.networks.remove(id);
+        s.world.subnets.retain(|_, sub| sub.network != id);
+        return (204, Value::Null);
+    }
+    let owned = s.world.floating_ips.get(id).map(|ip| ip.owner == user);
+    if owned != Some(true) {
+        return not_found();
+    }
+    if attached(s, id).is_some() {
+        return fault(409, "conflict", "The floating IP is in use");
+    }
+    s.world.floating_ips.remove(id);
+    (204, Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::compute;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    const P: &str = "p1";
+
+    fn state() -> State {
+        let mut users = HashMap::new();
+        users.insert("t1".to_string(), ("u1".to_string(), "one".to_string()));
+        let world = World {
+            flavors: vec![Flavor {
+                id: "f".into(),
+                vcpus: 2,
+                ram: 2048,
+                disk: 10,
+                allow_create: true,
+            }],
+            images: vec![Image {
+                id: "img".into(),
+                name: "Debian Base".into(),
+            }],
+            projects: vec![Project {
+                id: P.into(),
+                name: "proj".into(),
+                state: "active".into(),
+                members: vec!["u1".into()],
+                limits: Limits {
+                    vm: 2,
+                    cpu: 4,
+                    ram: 4096,
+                    disk: 20,
+                    floating_ip: 1,
+                    private_network: 1,
+                },
+            }],
+            ..World::default()
+        };
+        State {
+            users,
+            vms: BTreeMap::new(),
+            world,
+            faults: crate::Faults::default(),
+            calls: Vec::new(),
+            transition: Duration::ZERO,
+            rng: fastrand::Rng::with_seed(1),
+            held: 0,
+        }
+    }
+
+    fn ok(answer: Result<(u16, Value), (u16, Value)>) -> Value {
+        let (status, body) = answer.unwrap_or_else(|e| panic!("{e:?}"));
+        assert!((200..300).contains(&status), "{status} {body}");
+        body
+    }
+
+    fn server_body(net: &str, ip: Option<&str>) -> Vec<u8> {
+        let mut networks = vec![json!({"uuid": net})];
+        if let Some(ip) = ip {
+            networks.push(json!({"uuid": FLOATING_NETWORK, "fixed_ip": ip}));
+        }
+        json!({"server": {"name": "m", "imageRef": "img", "flavorRef": "f", "project": P,
+                          "networks": networks, "metadata": {"lambda_instance": "i",
+                                                             "lambda_slot": "0"}}})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_cluster_is_made_within_its_quota_and_usage_follows_it() {
+        let mut s = state();
+        let body = json!({"network": {"name": "lambda-i", "project": P}}).to_string();
+        let net = ok(create_network(&mut s, "u1", body.as_bytes()))["network"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let again = create_network(&mut s, "u1", body.as_bytes()).unwrap_err();
+        assert_eq!(again.0, 413, "one private network in the quota");
+        let sub = json!({"subnet": {"network_id": net}}).to_string();
+        ok(create_subnet(&mut s, "u1", sub.as_bytes()));
+        let ip_body = json!({"floatingip": {"project": P}}).to_string();
+        let ip = ok(create_floating_ip(&mut s, "u1", ip_body.as_bytes()));
+        let address = ip["floatingip"]["floating_ip_address"].as_str().unwrap();
+        let server = ok(create_server(
+            &mut s,
+            "u1",
+            &server_body(&net, Some(address)),
+        ));
+        let id = server["server"]["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            usage(&mut s, P, Some("u1")),
+            Limits {
+                vm: 1,
+                cpu: 2,
+                ram: 2048,
+                disk: 10,
+                floating_ip: 1,
+                private_network: 1
+            }
+        );
+        // The IP is in use; a second server cannot have it.
+        let ip_id = ip["floatingip"]["id"].as_str().unwrap().to_string();
+        assert_eq!(delete_resource(&mut s, "u1", "floatingips", &ip_id).0, 409);
+        let taken = create_server(&mut s, "u1", &server_body(&net, Some(address)));
+        assert_eq!(taken.unwrap_err().0, 409);
+        // Deleted (the transition is instant), the server lets go of its IP.
+        assert_eq!(compute(&mut s, Some("t1"), &id, Some("delete")).0, 204);
+        assert_eq!(delete_resource(&mut s, "u1", "floatingips", &ip_id).0, 204);
+        assert_eq!(delete_resource(&mut s, "u1", "networks", &net).0, 204);
+        assert_eq!(usage(&mut s, P, Some("u1")), Limits::default());
+        assert!(
+            s.world.subnets.is_empty(),
+            "the subnet went with its network"
+        );
+    }
+
+    #[test]
+    fn quotas_say_what_is_used_in_bytes() {
+        let mut s = state();
+        let (_, q) = quotas(&mut s, "u1");
+        assert_eq!(q[P]["cyclades.ram"]["limit"], 4096u64 << 20);
+        assert_eq!(q[P]["cyclades.vm"]["usage"], 0);
+        assert_eq!(q[P]["cyclades.vm"]["project_limit"], 2);
+        let (_, none) = quotas(&mut s, "u2");
+        assert_eq!(none, json!({}));
+    }
+}
