@@ -403,7 +403,12 @@ fn a_destroy_during_a_create_supersedes_it_and_leaves_nothing() {
     let r = destroy(&h, &id);
     assert_eq!(r.status, 202, "{}", r.body);
     h.sim.set_faults(Faults::default());
-    h.wait_status(&id, "DESTROYED");
+    let end = wait_for("the destroy to end", || {
+        let s = h.status_of(&id);
+        (s["message"] != "DESTROYING").then_some(s)
+    });
+    let history = h.get(&format!("/api/lambda-instances/{id}/actions/"), Some(TOKEN));
+    assert_eq!(end["message"], "DESTROYED", "{}", history.body);
     // The create in flight may land one more server after the destroy took over: it is
     // deleted at once.
     wait_for("nothing left of the instance", || {

@@ -9,6 +9,8 @@ mod action;
 mod connection;
 /// Create: the call, its checks, the build, its failures and the create form's reads.
 mod create;
+/// A create killed between any two of its calls, and taken up again.
+mod create_crash;
 /// Crashes, restarts, shutdown, concurrent writers and secrets at rest.
 mod durability;
 /// The action engine: phases, waits that hold no thread, many actions per worker.

@@ -31,6 +31,12 @@ impl Worker {
             unsaved.step(&label, "create", "no network endpoint, or nothing to build");
             return Err(Stop::Failed(Failure::NoNetworkEndpoint(label)));
         };
+        if target.kind != TargetKind::Server && target.id.is_some() {
+            // Recorded when it was made or found (by a run that did not live to save more).
+            unsaved.step(&label, "create", "made before");
+            job.targets[i].state = TargetState::Done;
+            return Ok(());
+        }
         let token = job.token.clone();
         let network_id = job.made(TargetKind::Network, 0).map(str::to_string);
         match target.kind {

@@ -18,7 +18,7 @@ use super::target::Observed;
 use super::unsaved::Unsaved;
 use super::Worker;
 use crate::okeanos::OkeanosError;
-use crate::plan::{describe, TargetKind};
+use crate::plan::{describe, Command, TargetKind};
 use crate::store::{Job, TargetState};
 
 /// Commands a tick sends between two saves.
@@ -120,6 +120,15 @@ impl Worker {
             let fresh_phase = (0..targets.len())
                 .filter(in_phase)
                 .all(|i| targets[i].state == TargetState::Todo && targets[i].tries == 0);
+            let deletes_resources = current.iter().all(|i| {
+                let t = &targets[*i];
+                t.command == Command::Delete && t.target.kind != TargetKind::Server
+            });
+            // Every time, as a server made by a superseded create may land at any moment.
+            if deletes_resources && job.build.is_some() && self.stray_servers(job, unsaved, now)? {
+                continue;
+            }
+            let targets = &job.targets;
             if fresh_phase {
                 let opened: Vec<_> = current.iter().map(|i| &targets[*i].target).collect();
                 let labels: Vec<String> = opened.iter().map(|t| t.label()).collect();
@@ -160,6 +169,57 @@ impl Worker {
                 self.advance(job, unsaved, i, seen, now)?;
             }
         }
+    }
+
+    /// Before a built cluster's floating IPs and network are deleted: a server a superseded
+    /// create made after this destroy had listed the servers (its call was in flight) would
+    /// hold an IP. Any server whose metadata names the instance and that is still listed is
+    /// put back in the plan, to be deleted first (or waited for, if the superseded create's
+    /// worker is deleting it already). Returns whether one was.
+    fn stray_servers(
+        &mut self,
+        job: &mut Job,
+        unsaved: &mut Unsaved,
+        now: i64,
+    ) -> Result<bool, Stop> {
+        let listed = match self.read_servers(job, now) {
+            Ok(listed) => listed,
+            Err(error) => {
+                let first: Vec<usize> = (0..job.targets.len())
+                    .filter(|i| job.targets[*i].target.kind != TargetKind::Server)
+                    .take(1)
+                    .collect();
+                self.retry_or_fail(job, unsaved, &first, "status", error)?;
+                return Ok(false);
+            }
+        };
+        let mut found = false;
+        for i in 0..job.targets.len() {
+            let t = &job.targets[i];
+            // Every server of the plan is deleted by now: one listed is another.
+            let listed_now = (t.target.kind == TargetKind::Server)
+                .then(|| listed.made_for(&job.instance_id, t.target.slot))
+                .flatten();
+            let Some(id) = listed_now else {
+                continue;
+            };
+            let label = t.target.label();
+            let t = &mut job.targets[i];
+            t.target.id = Some(id.clone());
+            t.state = TargetState::Todo;
+            t.sent = false;
+            t.tries = 0;
+            t.polls = 0;
+            t.next_at = now;
+            unsaved.touch(i);
+            unsaved.step(
+                &label,
+                "status",
+                format!("found server {id}, made meanwhile"),
+            );
+            found = true;
+        }
+        Ok(found)
     }
 
     /// Every VM of the job's owner, as seen at `due` or later: a listing another tick asked

@@ -209,6 +209,26 @@ impl Worker {
                     Err(e) => self.retry_or_fail(job, unsaved, &[i], "status", e),
                 }
             }
+            // A floating IP still held by a server being deleted, a network with ports left:
+            // a built cluster's resource in use is waited for, as a VM is.
+            (Err(error), None) if error.status() == Some(409) && job.build.is_some() => {
+                let t = &mut job.targets[i];
+                if t.since.is_none() {
+                    unsaved.step(&label, command.name(), format!("{error}; waiting"));
+                    t.since = Some(now);
+                }
+                let waited = now - t.since.unwrap_or(now);
+                if waited >= self.settings.vm_wait_timeout.as_millis() as i64 {
+                    let op = command.name();
+                    unsaved.step(&label, op, error.to_string());
+                    return Err(Stop::Failed(Failure::Okeanos { target, op, error }));
+                }
+                let pause = self.poll_pause(t.polls);
+                let t = &mut job.targets[i];
+                t.polls += 1;
+                t.next_at = now + pause.as_millis() as i64;
+                Ok(())
+            }
             (Err(error), _) => self.retry_or_fail(job, unsaved, &[i], command.name(), error),
         }
     }

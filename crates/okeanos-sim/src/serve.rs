@@ -110,9 +110,12 @@ fn delay(state: &Mutex<State>, path: &str, op: &str) {
     };
     std::thread::sleep(Duration::from_millis(latency + hang));
     // Held servers and ops: the call waits (two minutes at most) until the hold is lifted.
-    let server = path.split('/').nth(4).unwrap_or("");
+    let server = path
+        .strip_prefix("/compute/v2.0/servers/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("");
     let held = |s: &State| {
-        let on_server = path.starts_with("/compute") && s.faults.hold.iter().any(|h| h == server);
+        let on_server = !server.is_empty() && s.faults.hold.iter().any(|h| h == server);
         on_server || s.faults.hold.iter().any(|h| h == op)
     };
     if !held(&lock(state)) {

@@ -19,6 +19,8 @@ pub(crate) struct Vm {
     pub(crate) project: Option<String>,
     pub(crate) flavor: Option<String>,
     pub(crate) metadata: BTreeMap<String, String>,
+    /// The private networks it is on.
+    pub(crate) networks: Vec<String>,
 }
 
 impl Vm {
@@ -32,6 +34,7 @@ impl Vm {
             project: None,
             flavor: None,
             metadata: BTreeMap::new(),
+            networks: Vec::new(),
         }
     }
 

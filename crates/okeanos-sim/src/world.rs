@@ -528,6 +528,7 @@ pub(crate) fn create_server(
     }
     let limits = project_of(s, user, Some(&project))?;
     let mut ips = Vec::new();
+    let mut networks = Vec::new();
     for net in server["networks"].as_array().into_iter().flatten() {
         let uuid = net["uuid"].as_str().unwrap_or_default();
         if uuid == FLOATING_NETWORK {
@@ -545,6 +546,8 @@ pub(crate) fn create_server(
             }
         } else if !owns_network(s, user, uuid) {
             return Err(fault(404, "itemNotFound", "Network not found"));
+        } else {
+            networks.push(uuid.to_string());
         }
     }
     let more = Limits {
@@ -578,6 +581,7 @@ pub(crate) fn create_server(
         project: Some(project),
         flavor: Some(flavor),
         metadata: metadata.clone(),
+        networks,
     };
     s.vms.insert(id.clone(), vm);
     Ok((
@@ -594,6 +598,14 @@ pub(crate) fn delete_resource(s: &mut State, user: &str, kind: &str, id: &str) -
     if kind == "networks" {
         if !owns_network(s, user, id) {
             return not_found();
+        }
+        let now = Instant::now();
+        let in_use = s.vms.values_mut().any(|vm| {
+            vm.settle(now);
+            vm.status != "DELETED" && vm.networks.iter().any(|n| n == id)
+        });
+        if in_use {
+            return fault(409, "conflict", "The network is in use");
         }
         s.world.networks.remove(id);
         s.world.subnets.retain(|_, sub| sub.network != id);
@@ -717,7 +729,8 @@ mod tests {
         assert_eq!(delete_resource(&mut s, "u1", "floatingips", &ip_id).0, 409);
         let taken = create_server(&mut s, "u1", &server_body(&net, Some(address)));
         assert_eq!(taken.unwrap_err().0, 409);
-        // Deleted (the transition is instant), the server lets go of its IP.
+        // Deleted (the transition is instant), the server lets go of its IP and its network.
+        assert_eq!(delete_resource(&mut s, "u1", "networks", &net).0, 409);
         assert_eq!(compute(&mut s, Some("t1"), &id, Some("delete")).0, 204);
         assert_eq!(delete_resource(&mut s, "u1", "floatingips", &ip_id).0, 204);
         assert_eq!(delete_resource(&mut s, "u1", "networks", &net).0, 204);
