@@ -14,6 +14,7 @@ TUNABLES  := $(shell sed -n 's/^Environment=GLIBC_TUNABLES=//p' config/deb/lambd
 # The demo cluster of config/okeanos-sim.json.
 DEMO_USER   := 1e9b2a3c-5d4f-4e6a-8b7c-9d0e1f2a3b4c
 DEMO_TOKEN  := demo-token-tJ3b3f32f23ceuqdoS
+CREATE_BODY := {"instance_name": "my-cluster", "master_name": "master", "project_name": "lambda.grnet.gr", "slaves": 1, "vcpus_master": 2, "vcpus_slave": 2, "ram_master": 2048, "ram_slave": 2048, "disk_master": 10, "disk_slave": 10}
 
 .PHONY: bench bench-engine wrk help build release run run-proxied cert nginx smoke test test-hostile test-deb deb lint unit smoke-demo clean
 PROXY     ?= 127.0.0.1:8443
@@ -40,6 +41,12 @@ run: release ## run the simulator and the service on loopback with a fresh demo 
 	@echo
 	@echo "  curl -X POST -H \"Authentication:Token $(DEMO_TOKEN)\" -F \"action=start\" \\"
 	@echo "   'http://$(LISTEN)/api/lambda-instances/$$(cat $(RUN_DIR)/instance-id)/'"
+	@echo
+	@echo "or create a cluster of your own (a master and one slave) with:"
+	@echo
+	@echo "  curl -X POST -H \"Authorization: Token $(DEMO_TOKEN)\" -H 'Content-Type: application/json' \\"
+	@echo "   -d '$(subst ",\",$(CREATE_BODY))' \\"
+	@echo "   'http://$(LISTEN)/api/lambda-instance/'"
 	@echo
 	@trap 'kill $$(cat $(RUN_DIR)/okeanos-sim.pid $(RUN_DIR)/lambda-api.pid 2>/dev/null) 2>/dev/null' EXIT INT TERM; \
 	 GLIBC_TUNABLES=$(TUNABLES) LAMBDA_API_DATABASE=$(RUN_DIR)/lambda-api.db LAMBDA_API_LISTEN=$(LISTEN) \
@@ -68,7 +75,7 @@ run-proxied: nginx cert release ## `make run` behind nginx: TLS on https://$(PRO
 	@# nginx writes $(RUN_DIR)/nginx.pid itself (the pid line of the rendered config).
 	@trap 'kill $$(cat $(RUN_DIR)/nginx.pid) 2>/dev/null' EXIT INT TERM; $(MAKE) --no-print-directory run
 
-smoke: ## drive a running `make run` with curl: 401, 404, 400, start → STARTED, stop → STOPPED
+smoke: ## drive a running `make run` with curl: 401, 404, 400, start, stop; create, stop, start, destroy
 	@bash .ci/smoke "http://$(LISTEN)" "$$(cat $(RUN_DIR)/instance-id)" "$(DEMO_TOKEN)"
 
 lint: ## formatting and clippy, warnings as errors
