@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod ceiling;
+mod create;
 mod engine;
 mod load;
 mod procs;
@@ -112,6 +113,7 @@ fn bench(only_engine: bool) -> Res<()> {
     let _ = writeln!(table, "|---|---|---|---|---|---|---|---|");
     if only_engine {
         engine::engine(&bin, &work, synchronous, &mut table, &mut notes)?;
+        create::create_section(&bin, &work, synchronous, &mut table, &mut notes)?;
         return report(&root, "the engine section alone", &table, &notes);
     }
 
@@ -400,6 +402,7 @@ fn bench(only_engine: bool) -> Res<()> {
 
     size::database_size(&work, &mut table)?;
     engine::engine(&bin, &work, synchronous, &mut table, &mut notes)?;
+    create::create_section(&bin, &work, synchronous, &mut table, &mut notes)?;
 
     for (name, ratio, p99) in &at32 {
         notes.push(format!(

@@ -248,7 +248,8 @@ fn route(
                 .iter_mut()
                 .map(|(id, vm)| {
                     vm.settle(now);
-                    json!({"id": id, "name": vm.name, "owner": vm.owner, "status": vm.status})
+                    json!({"id": id, "name": vm.name, "owner": vm.owner, "status": vm.status,
+                           "metadata": vm.metadata})
                 })
                 .collect();
             return (200, json!(all));
