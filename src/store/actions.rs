@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::end::{end_actions, Which};
 use super::idempotency::{self, Answer};
 use super::instances::insert_created;
-use super::{kind_of, status_of, Result, Store, StoreError};
+use super::{kind_of, status_of, Result, Store, StoreError, BATCH_CACHE_KIB, CACHE_KIB};
 use crate::build::Build;
 use crate::model::{decide, ActionKind, ActionState, Decision, LiveAction, Snapshot};
 use crate::sync::lock;
@@ -137,15 +137,11 @@ fn key_verdict(
     })
 }
 
-/// One request of a batch: its key looked up and the state table applied again under the
-/// lock (the instance may have changed since the unlocked read, or by an earlier request of
-/// this batch), the action written if due, and the outcome kept under the key.
-fn decide_and_write(conn: &Connection, r: &ActionRequest, now: i64) -> Result<Requested> {
-    if let Some(key) = &r.key {
-        if let Some(done) = key_verdict(conn, &r.owner, key, now)? {
-            return Ok(done);
-        }
-    }
+/// One request of a batch: the state table applied again under the lock (the instance may
+/// have changed since the unlocked read, or by an earlier request of this batch), the action
+/// written if due, and the outcome kept under the request's key, unless that key was taken
+/// meanwhile. The key was looked up before the batch: here it costs one statement.
+fn decide_and_write(conn: &Connection, r: &ActionRequest, now: i64) -> Result<Written> {
     let outcome = match &r.create {
         Some(new) => {
             let instance = insert_created(conn, &new.name, &r.owner, &new.info, &new.build, now)?;
@@ -177,10 +173,44 @@ fn decide_and_write(conn: &Connection, r: &ActionRequest, now: i64) -> Result<Re
             _ => None,
         };
         if let Some(answer) = answer {
-            idempotency::keep(conn, &r.owner, &key.key, &key.fingerprint, &answer, now)?;
+            let expired = now - key.max_age_ms;
+            let kept = idempotency::keep(conn, &r.owner, key, &answer, now, expired)?;
+            if !kept {
+                return Ok(Written::KeyTaken);
+            }
         }
     }
-    Ok(outcome)
+    Ok(Written::Done(outcome))
+}
+
+/// One request of a batch, in a savepoint of its own.
+fn commit_one(tx: &mut rusqlite::Transaction, r: &ActionRequest, now: i64) -> Result<Requested> {
+    let sp = tx.savepoint()?;
+    match decide_and_write(&sp, r, now)? {
+        Written::Done(outcome) => {
+            sp.commit()?;
+            Ok(outcome)
+        }
+        Written::KeyTaken => {
+            // Dropped, the savepoint rolls back what was written.
+            drop(sp);
+            let earlier = match &r.key {
+                Some(key) => key_verdict(tx, &r.owner, key, now)?,
+                None => None,
+            };
+            Ok(earlier.unwrap_or(Requested::KeyReused))
+        }
+    }
+}
+
+/// What [`decide_and_write`] came to.
+enum Written {
+    /// Written (or nothing to write): the outcome.
+    Done(Requested),
+    /// The request's key was taken meanwhile (by a request committed since the unlocked
+    /// look, or earlier in this batch): what was written is to be rolled back, and the key's
+    /// earlier use decides.
+    KeyTaken,
 }
 
 /// Writes a new action of `r` (ending the live one it supersedes first) and the instance's
@@ -275,6 +305,15 @@ impl Store {
     /// Applies [`decide_and_write`] to each request of `batch`, all in one transaction with a
     /// savepoint each; the caller holds the write lock.
     fn commit_batch(&mut self, batch: &[ActionRequest]) -> Vec<Result<Requested>> {
+        // A larger cache while leading (see BATCH_CACHE_KIB); a pragma that fails only
+        // leaves the cache as it was.
+        let _ = self.conn.pragma_update(None, "cache_size", BATCH_CACHE_KIB);
+        let outcomes = self.commit_batch_inner(batch);
+        let _ = self.conn.pragma_update(None, "cache_size", CACHE_KIB);
+        outcomes
+    }
+
+    fn commit_batch_inner(&mut self, batch: &[ActionRequest]) -> Vec<Result<Requested>> {
         let now = self.now_ms();
         let all_failed = |e: rusqlite::Error| {
             let e = StoreError::from(e);
@@ -293,12 +332,7 @@ impl Store {
         };
         let mut outcomes = Vec::with_capacity(batch.len());
         for r in batch {
-            let one = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
-                let outcome = decide_and_write(&sp, r, now)?;
-                sp.commit()?;
-                Ok(outcome)
-            });
-            outcomes.push(one);
+            outcomes.push(commit_one(&mut tx, r, now));
         }
         let committed = tx.commit();
         health.saw(&committed);

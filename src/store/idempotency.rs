@@ -4,7 +4,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Result, Store};
+use super::{KeyUse, Result, Store};
 
 /// What a request sent with a key came to, kept to be answered again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,15 +68,16 @@ pub(super) fn count(conn: &Connection, owner: &str, since: i64) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// Keeps what `owner`'s `key` came to, over an expired use of the same key.
+/// Keeps what `owner`'s key came to, over a use of the same key older than `expired`;
+/// returns false, keeping nothing, when a younger use holds the key.
 pub(super) fn keep(
     conn: &Connection,
     owner: &str,
-    key: &str,
-    fingerprint: &str,
+    key: &KeyUse,
     answer: &Answer,
     now: i64,
-) -> Result<()> {
+    expired: i64,
+) -> Result<bool> {
     let (status, instance, action_id, base_url, message) = match answer {
         Answer::Accepted {
             instance,
@@ -85,23 +86,30 @@ pub(super) fn keep(
         } => (202, Some(instance), Some(action), Some(base_url), None),
         Answer::Refused(m) => (409, None, None, None, Some(m)),
     };
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO idempotency_keys (owner, key, fingerprint, status,
-             instance_id, action_id, base_url, message, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        owner,
-        key,
-        fingerprint,
-        status,
-        instance,
-        action_id,
-        base_url,
-        message,
-        now
-    ])?;
-    Ok(())
+    let kept = conn
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (owner, key, fingerprint, status, instance_id,
+                 action_id, base_url, message, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (owner, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                 status = excluded.status, instance_id = excluded.instance_id,
+                 action_id = excluded.action_id, base_url = excluded.base_url,
+                 message = excluded.message, created_at = excluded.created_at
+             WHERE idempotency_keys.created_at < ?10",
+        )?
+        .execute(params![
+            owner,
+            key.key,
+            key.fingerprint,
+            status,
+            instance,
+            action_id,
+            base_url,
+            message,
+            now,
+            expired
+        ])?;
+    Ok(kept == 1)
 }
 
 impl Store {
@@ -191,18 +199,107 @@ mod tests {
         ));
     }
 
+    /// Sixteen requests with one key at once, every one having looked the key up before any
+    /// was committed: one action, and every other request answered with it.
+    #[test]
+    fn one_key_at_once_is_one_action() {
+        use crate::store::actions::tests::{on_disk, stopped};
+        let dir = tempfile::tempdir().unwrap();
+        let db = on_disk(dir.path());
+        let id = db
+            .open()
+            .unwrap()
+            .add_instances(&stopped(1))
+            .unwrap()
+            .remove(0);
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (db, id, barrier) = (db.clone(), id.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut store = db.open().unwrap();
+                    barrier.wait();
+                    let snapshot = store.snapshot(&id, OWNER).unwrap();
+                    let request = ActionRequest {
+                        key: Some(KeyUse {
+                            key: "same".into(),
+                            fingerprint: "f".into(),
+                            base_url: "http://h".into(),
+                            max_age_ms: 60_000,
+                            max_per_owner: 10,
+                        }),
+                        ..ask(&id, OWNER, ActionKind::Start)
+                    };
+                    store.request_action(snapshot.as_ref(), request).unwrap()
+                })
+            })
+            .collect();
+        let outcomes: Vec<Requested> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let created: Vec<&String> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Requested::Created(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(created.len(), 1, "{outcomes:?}");
+        for o in &outcomes {
+            let same = match o {
+                Requested::Created(a) => a == created[0],
+                Requested::Replayed(Answer::Accepted { action, .. }) => action == created[0],
+                _ => false,
+            };
+            assert!(same, "{o:?} among {outcomes:?}");
+        }
+    }
+
     #[test]
     fn outcomes_are_kept_then_purged() {
         let (mut store, clock) = store();
         let now = store.now_ms();
+        let key = |k: &str, f: &str| KeyUse {
+            key: k.into(),
+            fingerprint: f.into(),
+            base_url: String::new(),
+            max_age_ms: 1000,
+            max_per_owner: 10,
+        };
         let accepted = Answer::Accepted {
             instance: "i1".into(),
             action: "a1".into(),
             base_url: "http://h".into(),
         };
-        keep(&store.conn, OWNER, "k", "f", &accepted, now).unwrap();
+        assert!(keep(
+            &store.conn,
+            OWNER,
+            &key("k", "f"),
+            &accepted,
+            now,
+            now - 1000
+        )
+        .unwrap());
         let refused = Answer::Refused("already started".into());
-        keep(&store.conn, OWNER, "j", "g", &refused, now).unwrap();
+        assert!(keep(
+            &store.conn,
+            OWNER,
+            &key("j", "g"),
+            &refused,
+            now,
+            now - 1000
+        )
+        .unwrap());
+        assert!(
+            !keep(
+                &store.conn,
+                OWNER,
+                &key("j", "h"),
+                &refused,
+                now,
+                now - 1000
+            )
+            .unwrap(),
+            "a live key is not taken over"
+        );
         let kept = find(&store.conn, OWNER, "k", now).unwrap().unwrap();
         assert_eq!((kept.fingerprint.as_str(), kept.answer), ("f", accepted));
         let kept = find(&store.conn, OWNER, "j", now).unwrap().unwrap();

@@ -55,6 +55,10 @@ pub use migrate::SCHEMA_VERSION;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// SQLite's page cache per connection, in KiB (written negative, as the pragma takes it).
 const CACHE_KIB: i64 = -64;
+/// The page cache of the connection leading a group commit, while it commits: a batch
+/// touches many pages of several b-trees, each more than once, and its dirty pages must stay
+/// in memory until the commit. Measured, it raised the write path by a fifth.
+const BATCH_CACHE_KIB: i64 = -512;
 
 /// A database failure. The service answers 503 for it: the database may come back.
 #[derive(Debug, Clone)]
