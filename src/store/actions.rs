@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::end::{end_actions, Which};
-use super::idempotency::{self, Answer};
+use super::idempotency::{self, key_verdict, Answer, KeyUse};
 use super::instances::insert_created;
 use super::{kind_of, status_of, Result, Store, StoreError, BATCH_CACHE_KIB, CACHE_KIB};
 use crate::build::Build;
@@ -33,21 +33,6 @@ pub enum Requested {
     KeyReused,
     /// The owner holds as many keys as allowed.
     TooManyKeys,
-}
-
-/// An `Idempotency-Key` a request comes with, and the rules it is held to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyUse {
-    pub key: String,
-    /// What makes two requests the same request.
-    pub fingerprint: String,
-    /// Where the answer's links point, kept so that a replay points where the first answer
-    /// did.
-    pub base_url: String,
-    /// How long (ms) a use of the key counts.
-    pub max_age_ms: i64,
-    /// How many keys an owner may hold at once.
-    pub max_per_owner: u64,
 }
 
 /// A new instance for the service to create.
@@ -115,26 +100,6 @@ fn read_snapshot(conn: &Connection, instance_id: &str, owner: &str) -> Result<Op
         live,
         has_servers,
     }))
-}
-
-/// What an earlier use of the request's key decides, if it decides anything: the same
-/// request is answered as it was, another is refused, and an owner with too many keys gets
-/// no new one.
-fn key_verdict(
-    conn: &Connection,
-    owner: &str,
-    key: &KeyUse,
-    now: i64,
-) -> Result<Option<Requested>> {
-    let since = now - key.max_age_ms;
-    Ok(match idempotency::find(conn, owner, &key.key, since)? {
-        Some(kept) if kept.fingerprint == key.fingerprint => Some(Requested::Replayed(kept.answer)),
-        Some(_) => Some(Requested::KeyReused),
-        None if idempotency::count(conn, owner, since)? >= key.max_per_owner => {
-            Some(Requested::TooManyKeys)
-        }
-        None => None,
-    })
 }
 
 /// One request of a batch: the state table applied again under the lock (the instance may

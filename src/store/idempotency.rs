@@ -4,7 +4,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{KeyUse, Result, Store};
+use super::{Requested, Result, Store};
 
 /// What a request sent with a key came to, kept to be answered again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,39 @@ pub enum Answer {
     },
     /// 409 with this sentence.
     Refused(String),
+}
+
+/// An `Idempotency-Key` a request comes with, and the rules it is held to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUse {
+    pub key: String,
+    /// What makes two requests the same request.
+    pub fingerprint: String,
+    /// Where the answer's links point, kept so that a replay points where the first answer
+    /// did.
+    pub base_url: String,
+    /// How long (ms) a use of the key counts.
+    pub max_age_ms: i64,
+    /// How many keys an owner may hold at once.
+    pub max_per_owner: u64,
+}
+
+/// What an earlier use of the request's key decides, if it decides anything: the same
+/// request is answered as it was, another is refused, and an owner with too many keys gets
+/// no new one.
+pub(super) fn key_verdict(
+    conn: &Connection,
+    owner: &str,
+    key: &KeyUse,
+    now: i64,
+) -> Result<Option<Requested>> {
+    let since = now - key.max_age_ms;
+    Ok(match find(conn, owner, &key.key, since)? {
+        Some(kept) if kept.fingerprint == key.fingerprint => Some(Requested::Replayed(kept.answer)),
+        Some(_) => Some(Requested::KeyReused),
+        None if count(conn, owner, since)? >= key.max_per_owner => Some(Requested::TooManyKeys),
+        None => None,
+    })
 }
 
 /// A key's row: the request it was used for, and what that came to.

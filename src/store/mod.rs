@@ -39,10 +39,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-pub use actions::{ActionRequest, KeyUse, NewCluster, Requested};
+pub use actions::{ActionRequest, NewCluster, Requested};
 pub use backup::{Copied, DatabaseLock, LIVE_AT_BACKUP};
 pub use history::{ActionRecord, Step};
-pub use idempotency::Answer;
+pub use idempotency::{Answer, KeyUse};
 pub use instances::{Instance, NewInstance, Summary};
 pub use progress::{Job, NewStep, TargetProgress, TargetState, Took};
 
