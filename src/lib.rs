@@ -101,6 +101,9 @@ impl Service {
                 &config.astakos_url,
                 &config.compute_url,
                 std::time::Duration::from_secs(config.token_cache_ttl_secs),
+                // Identity calls (and requests waiting for one) may hold half of the
+                // handler threads at most.
+                ((config.http_threads / 2).max(1), config.okeanos_timeout()),
             ),
             wakeups,
             metrics,

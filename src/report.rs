@@ -4,15 +4,17 @@
 use std::fmt;
 
 /// An error and its causes on one line, `outer: inner: innermost`: how every error is
-/// logged and how `main` prints the one it ends with.
+/// logged and how `main` prints the one it ends with. Control characters are escaped: a
+/// cause may carry text from outside (a cloud's fault message), and a newline in it must not
+/// forge a log line.
 pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl fmt::Display for Report<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
+        write!(f, "{}", escaped(&self.0.to_string()))?;
         let mut cause = self.0.source();
         while let Some(e) = cause {
-            write!(f, ": {e}")?;
+            write!(f, ": {}", escaped(&e.to_string()))?;
             cause = e.source();
         }
         Ok(())
@@ -36,6 +38,12 @@ pub fn escaped(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_escapes_what_its_errors_say() {
+        let e = std::io::Error::other("bad\nINFO forged");
+        assert_eq!(Report(&e).to_string(), "bad\\nINFO forged");
+    }
 
     #[test]
     fn control_characters_are_escaped() {

@@ -85,3 +85,60 @@ fn keep_alive_connections_are_asked_to_close_now_and_then() {
         .iter()
         .any(|h| h.eq_ignore_ascii_case("connection: close")));
 }
+
+/// Requests pipelined behind the answer that closes the connection are answered 400, each
+/// with its request id, as every answer is (SPEC §1).
+#[test]
+fn answers_pipelined_behind_a_close_carry_a_request_id() {
+    use std::io::Write;
+    let h = Harness::start(Duration::from_secs(60));
+    let mut s = std::net::TcpStream::connect(h.base.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // The 1000th answer of a new service closes its connection.
+    for _ in 0..998 {
+        s.write_all(request).unwrap();
+        assert_eq!(read_response(&mut r).0, 200);
+    }
+    s.write_all(&request.repeat(3)).unwrap();
+    let answers: Vec<(u16, Vec<String>, Vec<u8>)> = (0..3).map(|_| read_response(&mut r)).collect();
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [200, 200, 400]);
+    for (status, headers, _) in &answers {
+        assert!(
+            headers
+                .iter()
+                .any(|h| h.to_ascii_lowercase().starts_with("x-request-id:")),
+            "a {status} without X-Request-Id: {headers:?}"
+        );
+    }
+}
+
+/// A Content-Length that is not a number leaves nowhere to know the body's end: the answer
+/// is 400 and closes the connection, and what follows on it (here a request smuggled as
+/// the "body") is never served.
+#[test]
+fn a_content_length_that_is_not_a_number_closes_the_connection() {
+    use std::io::{Read, Write};
+    let h = Harness::start(Duration::from_secs(60));
+    let mut s = std::net::TcpStream::connect(h.base.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        b"POST /api/lambda-instances/x/ HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n\
+          GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("200 OK"),
+        "the smuggled request was served: {text}"
+    );
+}

@@ -253,6 +253,7 @@ fn thirty_two_writers_and_the_workers_never_see_busy() {
         c.workers = 8;
         c.poll_interval_ms = 1;
     });
+    h.log_in();
     let ids: Vec<String> = (0..32).map(|_| h.add_instance(Status::Stopped)).collect();
     for round in ["start", "stop"] {
         let barrier = Arc::new(Barrier::new(ids.len()));

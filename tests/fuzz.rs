@@ -147,7 +147,9 @@ fn exchange(addr: &str, bytes: &[u8]) -> Option<u16> {
 
 #[test]
 fn mutated_requests_never_get_a_5xx() {
-    let h = Harness::start(Duration::from_millis(1));
+    // As many handler threads for identity calls as there are clients: a client's mutated
+    // token is never turned away for lack of one (that would be a 503 for load, not input).
+    let h = Harness::with(Duration::from_millis(1), |c| c.http_threads = 8);
     let id = h.add_instance(Status::Stopped);
     let addr = h.base.trim_start_matches("http://").to_string();
     let seeds = seeds(&id);

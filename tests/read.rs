@@ -315,6 +315,7 @@ fn an_idempotency_key_with_another_request_is_422() {
 #[test]
 fn one_key_sent_twice_at_once_is_processed_once() {
     let h = slow();
+    h.log_in();
     for trial in 0..12 {
         let id = h.add_instance(Status::Stopped);
         let key = format!("race-{trial}");

@@ -19,6 +19,8 @@ mod engine;
 mod faults;
 /// Mutated requests from a fixed seed.
 mod fuzz;
+/// Identity calls that cannot starve the service.
+mod identity;
 /// Destroy, and the calls of the original service's clients.
 mod lifecycle;
 /// One machine's operations: backup, restore, upgrades, a full disk.

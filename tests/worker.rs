@@ -180,6 +180,7 @@ fn identity_unreachable_is_503() {
 #[test]
 fn forty_concurrent_starts_make_one_action() {
     let h = Harness::start(Duration::from_millis(200));
+    h.log_in();
     let id = h.add_instance(Status::Stopped);
     let url = h.url(&format!("/api/lambda-instances/{id}/"));
     let barrier = Arc::new(Barrier::new(40));

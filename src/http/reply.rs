@@ -45,7 +45,6 @@ impl Reply {
         self
     }
 
-    #[cfg(test)]
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -82,6 +81,9 @@ pub enum ApiError {
     Unprocessable(String),
     /// 429: the caller has too many of something (Idempotency-Keys) for now.
     TooManyRequests(String),
+    /// 429: the client's address sent too many rejected tokens; it may try again in this
+    /// many seconds.
+    TooManyTokens(u64),
     /// 431: the request's head is larger than the documented limit.
     HeadTooLarge(usize),
     /// 503: identity or the database cannot answer now, or too many connections are open.
@@ -103,7 +105,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::ExpectationFailed(_) => 417,
             ApiError::Unprocessable(_) => 422,
-            ApiError::TooManyRequests(_) => 429,
+            ApiError::TooManyRequests(_) | ApiError::TooManyTokens(_) => 429,
             ApiError::HeadTooLarge(_) => 431,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal => 500,
@@ -133,6 +135,10 @@ impl ApiError {
             ApiError::ExpectationFailed(m) => (m.clone(), "expectation_failed"),
             ApiError::Unprocessable(m) => (m.clone(), "idempotency_key_reused"),
             ApiError::TooManyRequests(m) => (m.clone(), "too_many_requests"),
+            ApiError::TooManyTokens(_) => (
+                "Too many invalid tokens from this address; try again later.".into(),
+                "too_many_invalid_tokens",
+            ),
             ApiError::HeadTooLarge(max) => (
                 format!("The request line and headers are larger than {max} bytes."),
                 "request_header_fields_too_large",
@@ -171,6 +177,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(allow) => reply.with_header("Allow", *allow),
             ApiError::Unavailable(_) => reply.with_header("Retry-After", "5"),
             ApiError::TooManyRequests(_) => reply.with_header("Retry-After", "3600"),
+            ApiError::TooManyTokens(secs) => reply.with_header("Retry-After", secs.to_string()),
             _ => reply,
         }
     }

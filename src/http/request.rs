@@ -17,6 +17,9 @@ pub struct Head {
     pub path: String,
     pub query: String,
     pub headers: Vec<(String, String)>,
+    /// The client's address: the peer's, or, behind the front (a peer on loopback or on the
+    /// Unix socket), the one the front says in `X-Real-IP`. None when unknown.
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl Head {
@@ -27,6 +30,7 @@ impl Head {
             path: path.to_string(),
             query: query.to_string(),
             headers,
+            client: None,
         }
     }
 

@@ -7,8 +7,7 @@ use serde_json::json;
 use super::reply::{ApiError, Reply};
 use super::request::{BodySource, Caller, Head};
 use super::{action_call, create, reads, App};
-use crate::auth::{token_from_headers, Token};
-use crate::okeanos::AuthError;
+use crate::auth::{token_from_headers, Refused, Token};
 use crate::store::Store;
 
 /// The paths the API knows.
@@ -184,17 +183,22 @@ fn authenticate<'h>(app: &App, head: &'h Head) -> Result<Caller<'h>, ApiError> {
             ))
         }
     };
-    let checked = app.auth.check(token);
+    let checked = app.auth.check(token, head.client);
     app.metrics.token_check(checked.cached);
     match checked.result {
         Ok(user) => Ok(Caller { user, token }),
-        Err(AuthError::Rejected) => Err(ApiError::Unauthorized),
-        Err(AuthError::Unavailable(why)) => {
-            log::warn!("{}", crate::report::Report(&AuthError::Unavailable(why)));
+        Err(Refused::Rejected) => Err(ApiError::Unauthorized),
+        Err(Refused::Unavailable(why)) => {
+            let why = crate::report::Report(&why).to_string();
+            log::warn!("identity unavailable: {}", crate::report::escaped(&why));
             Err(ApiError::Unavailable(
                 "The ~okeanos identity service is unavailable; try again later.".into(),
             ))
         }
+        Err(Refused::Busy) => Err(ApiError::Unavailable(
+            "Too many tokens are being checked at once; try again in a moment.".into(),
+        )),
+        Err(Refused::Blocked(left)) => Err(ApiError::TooManyTokens(left.as_secs().max(1))),
     }
 }
 

@@ -98,6 +98,15 @@ impl Harness {
         }
     }
 
+    /// The users log in: their tokens are in the cache from then on, as a client's are once
+    /// it has made its first call. For tests whose first calls come in a burst (a burst of
+    /// first calls with one token is `tests/identity.rs`'s).
+    pub fn log_in(&self) {
+        for token in [TOKEN, OTHER_TOKEN] {
+            assert_eq!(self.get("/api/authenticate/", Some(token)).status, 200);
+        }
+    }
+
     /// Stops the service and starts it again on the same database (on a new port).
     pub fn restart(&mut self) {
         if let Some(s) = self.service.take() {
@@ -268,6 +277,15 @@ pub fn get(url: &str, token: Option<&str>) -> Resp {
     let mut req = agent().get(url);
     if let Some(t) = token {
         req = req.header("Authorization", format!("Token {t}"));
+    }
+    into_resp(req.call())
+}
+
+/// `GET url` with `headers`.
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = agent().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     into_resp(req.call())
 }

@@ -230,9 +230,12 @@ impl Exchange {
                 .collect();
             Head::new(request.method().as_str(), request.url(), headers)
         };
+        let peer = request.remote_addr().copied();
+        let mut head = head;
+        head.client = client_address(peer, &head);
         Exchange {
             server,
-            peer: request.remote_addr().copied(),
+            peer,
             request,
             head,
             head_bytes,
@@ -281,6 +284,9 @@ impl Exchange {
             .collect();
         if te.is_some_and(|t| !t.trim().eq_ignore_ascii_case("chunked")) {
             Some("A Transfer-Encoding other than chunked is not accepted.")
+        } else if lengths.iter().any(|l| l.parse::<u64>().is_err()) {
+            // Where this body ends cannot be known: the connection cannot go on.
+            Some("Content-Length is not a number.")
         } else if te.is_some() && !lengths.is_empty() {
             Some("Transfer-Encoding and Content-Length together are not accepted.")
         } else if lengths.windows(2).any(|w| w[0] != w[1]) {
@@ -422,6 +428,19 @@ fn unread_body(head: &Head, touched: bool) -> u64 {
         declared
     } else {
         0
+    }
+}
+
+/// The client's address: the peer's, or, when the peer is the front (on loopback, or on the
+/// Unix socket, where tiny_http 0.12 gives no peer), the one it says in `X-Real-IP`.
+fn client_address(peer: Option<SocketAddr>, head: &Head) -> Option<std::net::IpAddr> {
+    let front = peer.is_none_or(|p| p.ip().is_loopback());
+    let said = head
+        .header("x-real-ip")
+        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
+    match (front, said) {
+        (true, Some(said)) => Some(said),
+        _ => peer.map(|p| p.ip()),
     }
 }
 

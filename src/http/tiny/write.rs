@@ -76,7 +76,11 @@ pub(super) fn write_whole(
                     "{peer}: a {} answer replaced: the connection was closed by an earlier one",
                     reply.status
                 );
-                let refused = ApiError::BadRequest(CLOSED_CONNECTION.into()).reply();
+                let mut refused = ApiError::BadRequest(CLOSED_CONNECTION.into()).reply();
+                // Every answer says its request's id, this one too (SPEC §1).
+                if let Some(id) = reply.header("X-Request-Id") {
+                    refused = refused.with_header("X-Request-Id", id);
+                }
                 render(&refused, head_only, "close")
             }
         };

@@ -1,8 +1,11 @@
 //! Token → user: reads the token from the request's headers, asks ~okeanos identity, and
 //! caches the verdict in memory keyed by the token's SHA-256 (the raw token is never kept as a
-//! key, nor logged).
+//! key, nor logged). The calls to identity go through `guard.rs`.
+
+mod guard;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -92,20 +95,71 @@ pub struct Authenticator {
     compute_override: Option<String>,
     valid_ttl: Duration,
     cache: RwLock<HashMap<Key, Verdict>>,
+    guard: guard::Guard<Key, Asked>,
+    /// How long a request waits for another's identity call on the same token.
+    patience: Duration,
+}
+
+/// Why a request is not let in.
+#[derive(Debug, Clone)]
+pub enum Refused {
+    /// Identity says the token is invalid, expired or inactive: 401.
+    Rejected,
+    /// Identity could not give a verdict: 503.
+    Unavailable(OkeanosError),
+    /// As many identity calls as allowed are under way: 503 at once.
+    Busy,
+    /// The client's address kept sending rejected tokens: 429 for this long.
+    Blocked(Duration),
+}
+
+impl From<AuthError> for Refused {
+    fn from(e: AuthError) -> Refused {
+        match e {
+            AuthError::Rejected => Refused::Rejected,
+            AuthError::Unavailable(e) => Refused::Unavailable(e),
+        }
+    }
 }
 
 /// The outcome of a token check, with whether the cache answered (for metrics).
 pub struct Checked {
-    pub result: Result<Arc<User>, AuthError>,
+    pub result: Result<Arc<User>, Refused>,
     pub cached: bool,
 }
 
+/// What an identity call for one token came to, as its waiters share it.
+type Asked = Result<Arc<User>, AuthError>;
+
+/// Lands a leader's outcome however it leaves (a panic included), so that its followers and
+/// later requests for the token never wait on a call nobody makes.
+struct Landing<'g> {
+    guard: &'g guard::Guard<Key, Asked>,
+    key: Key,
+    flight: Arc<guard::Flight<Asked>>,
+    outcome: Option<Asked>,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        let outcome = self.outcome.take().unwrap_or_else(|| {
+            Err(AuthError::Unavailable(OkeanosError::reply(
+                "the identity check was abandoned",
+            )))
+        });
+        self.guard.land(&self.key, &self.flight, outcome);
+        self.guard.leave();
+    }
+}
+
 impl Authenticator {
+    /// `calls` identity calls (or waits for one) at once at most; `timeout` is one call's.
     pub fn new(
         client: Client,
         astakos_url: &str,
         compute_url: &str,
         valid_ttl: Duration,
+        (calls, timeout): (usize, Duration),
     ) -> Authenticator {
         Authenticator {
             client,
@@ -113,78 +167,116 @@ impl Authenticator {
             compute_override: (!compute_url.is_empty()).then(|| compute_url.to_string()),
             valid_ttl,
             cache: RwLock::new(HashMap::new()),
+            guard: guard::Guard::new(calls),
+            patience: timeout + Duration::from_secs(1),
         }
     }
 
-    /// Who `token` belongs to. `AuthError::Unavailable` is never cached: identity may be back
-    /// on the next request.
-    pub fn check(&self, token: &str) -> Checked {
+    /// Who `token` belongs to, for a request from `client` (its address, if known). A
+    /// verdict identity could not give is never cached: identity may be back on the next
+    /// request.
+    pub fn check(&self, token: &str, client: Option<IpAddr>) -> Checked {
+        let refused = |r: Refused| Checked {
+            result: Err(r),
+            cached: false,
+        };
         if !plausible(token) {
-            return Checked {
-                result: Err(AuthError::Rejected),
-                cached: false,
-            };
+            self.guard.strike(client);
+            return refused(Refused::Rejected);
         }
         let key: Key = Sha256::digest(token.as_bytes()).into();
         let now = Instant::now();
         if let Some(v) = read(&self.cache).get(&key) {
             if v.expires > now {
+                if v.user.is_none() {
+                    self.guard.strike(client);
+                }
                 return Checked {
-                    result: v.user.clone().ok_or(AuthError::Rejected),
+                    result: v.user.clone().ok_or(Refused::Rejected),
                     cached: true,
                 };
             }
         }
-        let result = self
-            .client
-            .authenticate(&self.astakos_url, token)
-            .and_then(|identity| {
-                let catalog = identity.catalog;
-                let compute_url = self
-                    .compute_override
-                    .clone()
-                    .or(catalog.compute)
-                    .ok_or_else(|| {
-                        AuthError::Unavailable(OkeanosError::reply(
-                            "the service catalog has no compute endpoint",
-                        ))
-                    })?;
-                Ok(Arc::new(User {
-                    id: identity.user_id,
-                    name: identity.name,
-                    compute_url,
-                    network_url: catalog.network,
-                    account_url: catalog.account,
-                    userdata_url: catalog.userdata,
-                }))
-            });
-        let verdict = match &result {
-            Ok(user) => Some(Verdict {
-                user: Some(user.clone()),
-                expires: now + self.valid_ttl,
-            }),
-            Err(AuthError::Rejected) => Some(Verdict {
-                user: None,
-                expires: now + INVALID_TTL,
-            }),
-            Err(AuthError::Unavailable(_)) => None,
+        if let Some(left) = self.guard.blocked(client) {
+            return refused(Refused::Blocked(left));
+        }
+        let result = match self.guard.turn(&key) {
+            guard::Turn::Busy => return refused(Refused::Busy),
+            guard::Turn::Follow(flight) => {
+                let outcome = flight.wait(self.patience);
+                self.guard.leave();
+                outcome.unwrap_or_else(|| {
+                    Err(AuthError::Unavailable(OkeanosError::reply(
+                        "the identity check of the same token took too long",
+                    )))
+                })
+            }
+            guard::Turn::Lead(flight) => {
+                let mut landing = Landing {
+                    guard: &self.guard,
+                    key,
+                    flight,
+                    outcome: None,
+                };
+                let outcome = self.ask(token);
+                self.remember(key, &outcome, now);
+                landing.outcome = Some(outcome.clone());
+                outcome
+            }
         };
-        if let Some(verdict) = verdict {
-            let mut cache = write(&self.cache);
-            if cache.len() >= MAX_ENTRIES {
-                cache.retain(|_, v| v.expires > now);
-            }
-            if cache.len() >= MAX_ENTRIES {
-                if let Some(oldest) = cache.iter().min_by_key(|(_, v)| v.expires).map(|(k, _)| *k) {
-                    cache.remove(&oldest);
-                }
-            }
-            cache.insert(key, verdict);
+        if matches!(result, Err(AuthError::Rejected)) {
+            self.guard.strike(client);
         }
         Checked {
-            result,
+            result: result.map_err(Refused::from),
             cached: false,
         }
+    }
+
+    /// Asks identity who `token` belongs to.
+    fn ask(&self, token: &str) -> Asked {
+        let identity = self.client.authenticate(&self.astakos_url, token)?;
+        let catalog = identity.catalog;
+        let compute_url = (self.compute_override.clone())
+            .or(catalog.compute)
+            .ok_or_else(|| {
+                AuthError::Unavailable(OkeanosError::reply(
+                    "the service catalog has no compute endpoint",
+                ))
+            })?;
+        Ok(Arc::new(User {
+            id: identity.user_id,
+            name: identity.name,
+            compute_url,
+            network_url: catalog.network,
+            account_url: catalog.account,
+            userdata_url: catalog.userdata,
+        }))
+    }
+
+    /// Caches identity's verdict on `key`, if it gave one.
+    fn remember(&self, key: Key, outcome: &Asked, now: Instant) {
+        let verdict = match outcome {
+            Ok(user) => Verdict {
+                user: Some(user.clone()),
+                expires: now + self.valid_ttl,
+            },
+            Err(AuthError::Rejected) => Verdict {
+                user: None,
+                expires: now + INVALID_TTL,
+            },
+            Err(AuthError::Unavailable(_)) => return,
+        };
+        let mut cache = write(&self.cache);
+        if cache.len() >= MAX_ENTRIES {
+            cache.retain(|_, v| v.expires > now);
+        }
+        if cache.len() >= MAX_ENTRIES {
+            if let Some(oldest) = cache.iter().min_by_key(|(_, v)| v.expires).map(|(k, _)| *k) {
+                cache.remove(&oldest);
+            }
+        }
+        cache.insert(key, verdict);
     }
 }
 
