@@ -147,35 +147,60 @@ impl Drop for Connections {
 }
 
 fn survey(source: &Source) -> std::io::Result<Survey> {
+    // The kernel's tables list every process's sockets: another user's listening on another
+    // address with the same port, say. Only this process's count.
+    let own = own_sockets()?;
     match source {
         Source::Tcp(port) => {
             let v4 = std::fs::read_to_string("/proc/self/net/tcp")?;
             // A kernel without IPv6 has no tcp6 table.
             let v6 = std::fs::read_to_string("/proc/self/net/tcp6").unwrap_or_default();
             // One peer address is one connection: the local side is the same for all.
-            let peers: HashSet<SocketAddr> =
-                tcp_peers(&v4, *port).chain(tcp_peers(&v6, *port)).collect();
+            let peers: HashSet<SocketAddr> = (tcp_peers(&v4, *port, &own))
+                .chain(tcp_peers(&v6, *port, &own))
+                .collect();
             Ok(Survey {
                 open: peers.len(),
                 peers: Some(peers),
             })
         }
         Source::Unix(path) => Ok(Survey {
-            open: unix_connections(&std::fs::read_to_string("/proc/self/net/unix")?, path),
+            open: unix_connections(&std::fs::read_to_string("/proc/self/net/unix")?, path, &own),
             peers: None,
         }),
     }
 }
 
-/// The peers of the lines of a `/proc/net/tcp` table whose local port is `port` and whose
-/// state is ESTABLISHED (01) or CLOSE_WAIT (08).
-fn tcp_peers(table: &str, port: u16) -> impl Iterator<Item = SocketAddr> + '_ {
+/// The inodes of the sockets this process holds open (`/proc/self/fd` links to
+/// `socket:[inode]`).
+fn own_sockets() -> std::io::Result<HashSet<u64>> {
+    let mut inodes = HashSet::new();
+    for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue; // Closed meanwhile.
+        };
+        let inode: Option<u64> = (target.to_str())
+            .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok());
+        inodes.extend(inode);
+    }
+    Ok(inodes)
+}
+
+/// The peers of the lines of a `/proc/net/tcp` table whose local port is `port`, whose
+/// state is ESTABLISHED (01) or CLOSE_WAIT (08), and whose socket is one of `own`.
+fn tcp_peers<'t>(
+    table: &'t str,
+    port: u16,
+    own: &'t HashSet<u64>,
+) -> impl Iterator<Item = SocketAddr> + 't {
     table.lines().skip(1).filter_map(move |line| {
-        let mut fields = line.split_whitespace();
-        let local = endpoint(fields.nth(1)?)?;
-        let remote = endpoint(fields.next()?)?;
-        let state = fields.next()?;
-        (local.port() == port && matches!(state, "01" | "08")).then_some(remote)
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local = endpoint(fields.get(1)?)?;
+        let remote = endpoint(fields.get(2)?)?;
+        let state = *fields.get(3)?;
+        let inode: u64 = fields.get(9)?.parse().ok()?;
+        let counted = local.port() == port && matches!(state, "01" | "08") && own.contains(&inode);
+        counted.then_some(remote)
     })
 }
 
@@ -205,15 +230,19 @@ fn endpoint(hex: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Lines of `/proc/net/unix` for sockets bound to `path` and connected (state 03): the
-/// connections the listener accepted share its address.
-fn unix_connections(table: &str, path: &str) -> usize {
+/// Lines of `/proc/net/unix` for sockets bound to `path`, connected (state 03) and one of
+/// `own`: the connections the listener accepted share its address.
+fn unix_connections(table: &str, path: &str, own: &HashSet<u64>) -> usize {
     table
         .lines()
         .skip(1)
         .filter(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.len() >= 8 && fields[5] == "03" && fields[7] == path
+            let inode = fields.get(6).and_then(|i| i.parse::<u64>().ok());
+            fields.len() >= 8
+                && fields[5] == "03"
+                && fields[7] == path
+                && inode.is_some_and(|i| own.contains(&i))
         })
         .count()
 }
@@ -234,7 +263,8 @@ mod tests {
     fn tcp_counts_open_connections_on_the_port_only() {
         // Port 0x1F90 is 8080: one established, one closed by its client; the listener, a
         // TIME_WAIT and the client side of a loopback connection do not count.
-        let peers: Vec<SocketAddr> = tcp_peers(TCP, 8080).collect();
+        let own: HashSet<u64> = [100, 101, 102, 103].into();
+        let peers: Vec<SocketAddr> = tcp_peers(TCP, 8080, &own).collect();
         let local = std::net::Ipv4Addr::LOCALHOST;
         assert_eq!(
             peers,
@@ -243,8 +273,11 @@ mod tests {
                 SocketAddr::from((local, 0xD2B6))
             ]
         );
-        assert_eq!(tcp_peers(TCP, 8081).count(), 0);
-        assert_eq!(tcp_peers("", 8080).count(), 0);
+        assert_eq!(tcp_peers(TCP, 8081, &own).count(), 0);
+        assert_eq!(tcp_peers("", 8080, &own).count(), 0);
+        // Another process's socket on the same port does not count.
+        let theirs: HashSet<u64> = [101].into();
+        assert_eq!(tcp_peers(TCP, 8080, &theirs).count(), 1);
         let v6 = endpoint("0000000000000000FFFF00000100007F:1F90").unwrap();
         assert_eq!(v6, "[::ffff:127.0.0.1]:8080".parse().unwrap());
     }
@@ -257,7 +290,12 @@ mod tests {
 0000000000000000: 00000003 00000000 00000000 0001 03 2003
 0000000000000000: 00000003 00000000 00000000 0001 03 2004 /run/other.sock
 ";
-        assert_eq!(unix_connections(table, "/run/lambda-api.sock"), 1);
+        let own: HashSet<u64> = [2001, 2002, 2003, 2004].into();
+        assert_eq!(unix_connections(table, "/run/lambda-api.sock", &own), 1);
+        assert_eq!(
+            unix_connections(table, "/run/lambda-api.sock", &[2001].into()),
+            0
+        );
     }
 
     /// A connection told to close is remembered while it is open, and forgotten within a
@@ -283,6 +321,41 @@ mod tests {
         }
     }
 
+    /// Another process listening on another address with the same port, and connecting to
+    /// itself a few times, adds nothing to the count.
+    #[test]
+    fn another_process_on_the_same_port_does_not_count() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let source = Source::Tcp(port);
+        if Connections::start(Some(source.clone()))
+            .cannot_count()
+            .is_some()
+        {
+            return; // Not Linux.
+        }
+        let script = "import socket, sys, time\n\
+            l = socket.socket(); l.bind(('127.0.0.2', int(sys.argv[1]))); l.listen(16)\n\
+            kept = []\n\
+            for _ in range(5):\n    c = socket.create_connection(('127.0.0.2', int(sys.argv[1])))\n    kept += [c, l.accept()[0]]\n\
+            print('ready', flush=True); time.sleep(30)\n";
+        let Ok(mut child) = std::process::Command::new("python3")
+            .args(["-c", script, &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+        else {
+            return; // No python3 here to play the neighbour.
+        };
+        let mut ready = String::new();
+        let out = child.stdout.take().unwrap();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut ready);
+        let counted = survey(&source).unwrap().open;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(ready.trim(), "ready", "the neighbour could not listen");
+        assert_eq!(counted, 0, "another process's sockets were counted");
+    }
+
     /// The count follows a real connection to a real listener, and only that listener's.
     #[test]
     fn a_listener_counts_its_own_connections() {
@@ -295,9 +368,10 @@ mod tests {
         {
             return; // Not Linux: the cap is off, and start-up says so.
         }
-        // The kernel lists a connection as soon as it is made, accepted or not.
+        // A connection counts once accepted (its socket is the process's).
         let before = survey(&source).unwrap();
         let a = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _served = listener.accept().unwrap();
         let _b = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
         let after = survey(&source).unwrap();
         assert_eq!(after.open, before.open + 1);
