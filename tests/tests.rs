@@ -29,6 +29,8 @@ mod operations;
 mod process;
 /// The read calls, action tracking, idempotency keys and metrics.
 mod read;
+/// Restore: nothing in the file trusted, nothing of the replaced database lost.
+mod restore;
 /// The architecture's invariants, read from the source.
 mod tidy;
 /// The workers against the simulator: call order, skips, faults, concurrency.

@@ -16,6 +16,7 @@ use rusqlite::{params, Connection, OpenFlags};
 
 use super::end::{end_actions, Which};
 use super::files::{io_error, parent, private_file, suffixed, sync_dir, sync_file};
+use super::migrate::{schema_of, shape};
 use super::{Database, Result, StoreError, SCHEMA_VERSION};
 use crate::model::ActionState;
 
@@ -39,7 +40,7 @@ pub struct Copied {
 /// process ends, `kill -9` included.
 #[derive(Debug)]
 pub struct DatabaseLock {
-    _file: File,
+    file: File,
 }
 
 impl Database {
@@ -52,7 +53,7 @@ impl Database {
         let path = self.lock_path();
         let file = private_file(&path, false).map_err(|e| io_error(&path, e))?;
         match file.try_lock() {
-            Ok(()) => Ok(DatabaseLock { _file: file }),
+            Ok(()) => Ok(DatabaseLock { file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(self.path.clone())),
             Err(std::fs::TryLockError::Error(e)) => Err(io_error(&path, e)),
         }
@@ -93,7 +94,7 @@ impl Database {
                 }
             }
         }
-        let ended = end_live_actions(&copy, source.now_ms())?;
+        let ended = end_live_actions(&copy, source.now_ms(), LIVE_AT_BACKUP)?;
         check(&copy)?;
         let tmp = suffixed(dest, ".partial");
         let _ = std::fs::remove_file(&tmp);
@@ -123,7 +124,7 @@ impl Database {
     /// service must be stopped (its lock says so). The database it replaces is kept beside it
     /// as `<database>.replaced-<seconds since the epoch>`; that name is returned.
     pub fn restore(&self, backup: &Path) -> Result<(Copied, Option<PathBuf>)> {
-        let _locked = self.lock()?;
+        let locked = self.lock()?;
         let file = Connection::open_with_flags(
             backup,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -138,40 +139,22 @@ impl Database {
         let copied = counts(&file)?;
         drop(file);
 
+        // The restored file, its lock and its folder's files belong to whoever owned the
+        // database it replaces (or its folder): a restore run by root must not lock the
+        // service's user out.
+        let owner = std::fs::metadata(&self.path)
+            .or_else(|_| std::fs::metadata(parent(&self.path)))
+            .map_err(|e| io_error(&self.path, e))?;
+        give(&locked.file, &self.lock_path(), &owner)?;
         let incoming = suffixed(&self.path, ".restoring");
         let _ = std::fs::remove_file(&incoming);
-        std::fs::copy(backup, &incoming).map_err(|e| io_error(&incoming, e))?;
-        let fitted = (|| -> Result<()> {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&incoming, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| io_error(&incoming, e))?;
-            // The restored file belongs to whoever owned the one it replaces (or its
-            // folder): a restore run by root must not lock the service's user out.
-            let owner = std::fs::metadata(&self.path)
-                .or_else(|_| std::fs::metadata(parent(&self.path)))
-                .map_err(|e| io_error(&self.path, e))?;
-            {
-                use std::os::unix::fs::MetadataExt;
-                std::os::unix::fs::chown(&incoming, Some(owner.uid()), Some(owner.gid()))
-                    .map_err(|e| io_error(&incoming, e))?;
-            }
-            sync_file(&incoming)
-        })();
-        if let Err(e) = fitted {
+        if let Err(e) = copy_in(backup, &incoming, &owner) {
             let _ = std::fs::remove_file(&incoming);
             return Err(e);
         }
 
         let replaced = if self.path.exists() {
-            // Closing the last connection folds the write-ahead log into the file, so that
-            // the file kept aside is whole and no old log is left to be replayed over the
-            // restored one.
-            drop(Connection::open(&self.path)?);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let aside = suffixed(&self.path, &format!(".replaced-{now}"));
-            std::fs::rename(&self.path, &aside).map_err(|e| io_error(&aside, e))?;
+            let aside = set_aside(&self.path)?;
             for log in ["-wal", "-shm"] {
                 let _ = std::fs::remove_file(suffixed(&self.path, log));
             }
@@ -185,17 +168,73 @@ impl Database {
     }
 }
 
+/// Gives `file` (at `path`) to `owner`'s user and group, through its open descriptor.
+fn give(file: &File, path: &Path, owner: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()))
+        .map_err(|e| io_error(path, e))
+}
+
+/// Copies `backup` into a new file at `incoming`, private and given to `owner`: created
+/// exclusively (no file or link already there is followed), and changed only through its
+/// open descriptor, so that nothing swapped in at that path meanwhile is touched.
+fn copy_in(backup: &Path, incoming: &Path, owner: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc_o_nofollow())
+        .open(incoming)
+        .map_err(|e| io_error(incoming, e))?;
+    let mut from = File::open(backup).map_err(|e| io_error(backup, e))?;
+    std::io::copy(&mut from, &mut to).map_err(|e| io_error(incoming, e))?;
+    to.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io_error(incoming, e))?;
+    give(&to, incoming, owner)?;
+    to.sync_all().map_err(|e| io_error(incoming, e))
+}
+
+/// `O_NOFOLLOW`, which std does not name: 0o400000 on Linux.
+fn libc_o_nofollow() -> i32 {
+    0o400000
+}
+
+/// Moves the database at `path` aside, as `<path>.replaced-<seconds since the epoch>`, once
+/// its write-ahead log is folded into it (so that the copy kept is whole) and every live
+/// action in it is ended (so that it keeps no token); returns the new name.
+fn set_aside(path: &Path) -> Result<PathBuf> {
+    {
+        let old = Connection::open(path)?;
+        old.pragma_update(None, "secure_delete", "ON")?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        end_live_actions(&old, now, REPLACED)?;
+        old.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = suffixed(path, &format!(".replaced-{now}"));
+    std::fs::rename(path, &aside).map_err(|e| io_error(&aside, e))?;
+    Ok(aside)
+}
+
+/// What an action that was live in a database a restore replaced says there.
+const REPLACED: &str = "the database was replaced by a restore while the action was in \
+     progress; the copy kept keeps no token";
+
 /// Fails every live action of a copy, erasing what it held for the run, and the instances
-/// those actions were acting on. Returns how many it ended.
-fn end_live_actions(copy: &Connection, now: i64) -> Result<u64> {
+/// those actions were acting on, saying `why`. Returns how many it ended.
+fn end_live_actions(copy: &Connection, now: i64, why: &str) -> Result<u64> {
     copy.pragma_update(None, "foreign_keys", "ON")?;
     let tx = copy.unchecked_transaction()?;
-    let why = Some(LIVE_AT_BACKUP);
-    let ended = end_actions(&tx, Which::AllLive, ActionState::Failed, why, now)?;
+    let ended = end_actions(&tx, Which::AllLive, ActionState::Failed, Some(why), now)?;
     for (_, instance) in &ended {
         tx.execute(
             "UPDATE lambda_instances SET status = 'FAILED', failure_message = ?2 WHERE id = ?1",
-            params![instance, LIVE_AT_BACKUP],
+            params![instance, why],
         )?;
     }
     tx.commit()?;
@@ -224,6 +263,21 @@ fn check(db: &Connection) -> Result<()> {
     )?;
     if tables != 4 {
         return fail("not a lambda-api database (its tables are missing)".into());
+    }
+    // Exactly the objects of its version's schema: no trigger, view, table or index of its
+    // own (a trigger would run with the service's rights on every write).
+    let fresh = Connection::open_in_memory()?;
+    fresh.execute_batch(schema_of(version).unwrap_or_default())?;
+    let (want, got) = (shape(&fresh)?, shape(db)?);
+    if let Some(odd) = got
+        .iter()
+        .find(|(name, columns)| want.get(*name) != Some(*columns))
+        .map(|(name, _)| name.clone())
+        .or_else(|| want.keys().find(|k| !got.contains_key(*k)).cloned())
+    {
+        return fail(format!(
+            "its schema is not version {version}'s: {odd} differs"
+        ));
     }
     let dangling: i64 = db.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
         r.get(0)

@@ -30,6 +30,50 @@ pub(super) fn checked_version(conn: &rusqlite::Connection) -> Result<i64> {
     Ok(version)
 }
 
+/// The schema of `version`, as that version shipped it.
+pub(super) fn schema_of(version: i64) -> Option<&'static str> {
+    match version {
+        1 => Some(include_str!("schemas/v1.sql")),
+        2 => Some(include_str!("schemas/v2.sql")),
+        3 => Some(V3),
+        SCHEMA_VERSION => Some(SCHEMA),
+        _ => None,
+    }
+}
+
+/// Every schema object by type and name, each table with its columns and each index with its
+/// columns and uniqueness: what two databases of one version share, however they were made.
+pub(super) fn shape(
+    conn: &rusqlite::Connection,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+    let objects: Vec<(String, String)> = conn
+        .prepare("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut all = std::collections::BTreeMap::new();
+    for (kind, name) in objects {
+        let described: Vec<String> = match kind.as_str() {
+            "table" => conn
+                .prepare(
+                    "SELECT name || ' ' || type || ' ' || \"notnull\" || ' ' || pk
+                     FROM pragma_table_info(?1) ORDER BY name",
+                )?
+                .query_map([&name], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?,
+            "index" => conn
+                .prepare(
+                    "SELECT coalesce(name, '?') || ' ' || \"desc\" FROM pragma_index_xinfo(?1)
+                     WHERE key ORDER BY seqno",
+                )?
+                .query_map([&name], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?,
+            _ => Vec::new(),
+        };
+        all.insert(format!("{kind} {name}"), described);
+    }
+    Ok(all)
+}
+
 impl Store {
     pub(super) fn migrate(&mut self) -> Result<()> {
         let version = checked_version(&self.conn)?;
@@ -180,7 +224,6 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use rusqlite::Connection;
@@ -197,6 +240,15 @@ mod tests {
         (2, include_str!("schemas/v2.sql")),
         (3, V3),
     ];
+
+    #[test]
+    fn the_schema_of_each_version_is_known() {
+        for &(version, schema) in SHIPPED {
+            assert_eq!(schema_of(version), Some(schema));
+        }
+        assert_eq!(schema_of(SCHEMA_VERSION), Some(SCHEMA));
+        assert_eq!(schema_of(SCHEMA_VERSION + 1), None);
+    }
 
     fn store_on(conn: Connection) -> Store {
         Store {
@@ -250,40 +302,10 @@ mod tests {
         conn
     }
 
-    /// Each table's columns and each index's name: what a migrated database must share with a
-    /// new one.
-    fn shape(conn: &Connection) -> BTreeMap<String, Vec<String>> {
-        let names: Vec<(String, String)> = conn
-            .prepare("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        names
-            .into_iter()
-            .map(|(kind, name)| {
-                let columns = if kind == "table" {
-                    conn.prepare(&format!("SELECT name, type, \"notnull\" FROM pragma_table_info('{name}') ORDER BY name"))
-                        .unwrap()
-                        .query_map([], |r| {
-                            Ok(format!("{} {} {}", r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-                        })
-                        .unwrap()
-                        .collect::<rusqlite::Result<_>>()
-                        .unwrap()
-                } else {
-                    Vec::new()
-                };
-                (format!("{kind} {name}"), columns)
-            })
-            .collect()
-    }
-
     #[test]
     fn every_shipped_version_migrates_with_its_data() {
         let fresh = Database::in_memory(ManualClock::at(0));
-        let want = shape(&fresh.conn);
+        let want = shape(&fresh.conn).unwrap();
         for &(version, schema) in SHIPPED {
             let mut store = store_on(old_database(version, schema));
             store.migrate().unwrap();
@@ -293,7 +315,12 @@ mod tests {
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .unwrap();
             assert_eq!(now, SCHEMA_VERSION, "{}", at("user_version"));
-            assert_eq!(shape(&store.conn), want, "{}", at("tables and indexes"));
+            assert_eq!(
+                shape(&store.conn).unwrap(),
+                want,
+                "{}",
+                at("tables and indexes")
+            );
 
             let running = store.owned_instance("i1", "u").unwrap().expect("i1");
             assert_eq!(running.status, Status::Starting, "{}", at("i1"));
