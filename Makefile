@@ -93,17 +93,20 @@ smoke-demo: release ## `make run` in the background on other ports, then `make s
 	@bash .ci/smoke-demo
 
 PACKAGED_DB := /var/lib/lambda-api/lambda-api.db
+PACKAGED_LISTEN := unix:/run/lambda-api/api.sock
 
 deb: release ## the Debian package in target/debian/ (installs cargo-deb from crates.io if missing)
 	@command -v cargo-deb > /dev/null || $(CARGO) install --locked cargo-deb
 	@mkdir -p target/deb
 	@# The packaged conffile: the documented one, with the database in the state directory.
-	@sed 's|^database = "lambda-api.db"$$|database = "$(PACKAGED_DB)"|' config/lambda-api.toml \
+	@sed -e 's|^database = "lambda-api.db"$$|database = "$(PACKAGED_DB)"|' \
+		-e 's|^listen = "127.0.0.1:8080"$$|listen = "$(PACKAGED_LISTEN)"|' config/lambda-api.toml \
 		> target/deb/lambda-api.toml
 	@grep -qx 'database = "$(PACKAGED_DB)"' target/deb/lambda-api.toml
+	@grep -qx 'listen = "$(PACKAGED_LISTEN)"' target/deb/lambda-api.toml
 	$(CARGO) deb --locked --no-build -p lambda-api
 
-test-deb: deb ## install the package on this machine, run it as its user against the simulator, purge it
+test-deb: deb nginx ## install the package on this machine, run it as its user against the simulator, purge it
 	bash .ci/deb-test
 
 test: lint unit test-hostile smoke-demo test-deb ## everything CI runs

@@ -1,5 +1,5 @@
 //! Hostile clients, sent as raw bytes to the real `lambda-api` binary directly and through
-//! nginx rendered from config/nginx.conf. Each case starts its own front and ends with the
+//! nginx rendered from the site config/nginx/lambda-api. Each case starts its own front and ends with the
 //! same checks: the process is alive, /healthz answers within 200 ms, threads and RSS return
 //! near their baseline, and no action was created. Every case is bounded in count and time,
 //! and stays on 127.0.0.1.
@@ -476,5 +476,23 @@ fn http_1_0_expecting_continue_gets_417() {
         let (status, text) = send(f.proxied, request.as_bytes());
         assert_eq!(status, Some(400), "{text}");
         assert!(!text.contains(" 100 Continue\r\n"), "{text}");
+    });
+}
+
+/// A header the API does not read, with a byte outside ASCII (`User-Agent: café`): nginx
+/// passes on only the headers the API reads, so the request is served, not a 502.
+#[test]
+fn a_stray_header_outside_ascii_is_never_a_502() {
+    Front::case("a User-Agent outside ASCII", |f| {
+        let head = "GET /healthz HTTP/1.1\r\nHost: x\r\nUser-Agent: caf\u{e9}\r\nConnection: close\r\n\r\n";
+        assert_eq!(send(f.proxied, head.as_bytes()).0, Some(200));
+        // And the headers it does read still arrive: a token, the request id.
+        let authed = format!(
+            "GET /api/authenticate/ HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {TOKEN}\r\n\
+             X-Request-Id: seen-through-nginx\r\nUser-Agent: caf\u{e9}\r\nConnection: close\r\n\r\n"
+        );
+        let (status, text) = send(f.proxied, authed.as_bytes());
+        assert_eq!(status, Some(200), "{text}");
+        assert!(text.contains("seen-through-nginx"), "{text}");
     });
 }

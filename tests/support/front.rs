@@ -1,5 +1,5 @@
 //! Hostile clients' harness: the real `lambda-api` binary, the simulator, and nginx rendered
-//! from config/nginx.conf in front, with raw-socket helpers. Each case of `tests/hostile.rs`
+//! from the site config/nginx/lambda-api in front, with raw-socket helpers. Each case of `tests/hostile.rs`
 //! starts its own [`Front`] and ends with [`Front::check_after`].
 
 use std::io::{Read, Write};

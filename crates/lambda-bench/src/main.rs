@@ -14,6 +14,7 @@
 mod ceiling;
 mod create;
 mod engine;
+mod identity;
 mod load;
 mod procs;
 mod size;
@@ -65,8 +66,8 @@ fn main() {
         }
         return;
     }
-    let only_engine = args.first().map(String::as_str) == Some("engine");
-    if let Err(e) = bench(only_engine) {
+    let only = args.first().cloned().unwrap_or_default();
+    if let Err(e) = bench(&only) {
         eprintln!("lambda-bench: {e}");
         std::process::exit(1);
     }
@@ -92,8 +93,8 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-/// Every section, or (`lambda-bench engine`) the engine's alone.
-fn bench(only_engine: bool) -> Res<()> {
+/// Every section, or (`lambda-bench engine`, `lambda-bench identity`) one alone.
+fn bench(only: &str) -> Res<()> {
     let exe = std::env::current_exe().map_err(err("current exe"))?;
     let bin = Bin {
         dir: exe.parent().ok_or("no binary folder")?.to_path_buf(),
@@ -111,10 +112,14 @@ fn bench(only_engine: bool) -> Res<()> {
         "| measure | conns | figure | ceiling | ratio | p50 | p99 | unexpected |"
     );
     let _ = writeln!(table, "|---|---|---|---|---|---|---|---|");
-    if only_engine {
+    if only == "engine" {
         engine::engine(&bin, &work, synchronous, &mut table, &mut notes)?;
         create::create_section(&bin, &work, synchronous, &mut table, &mut notes)?;
         return report(&root, "the engine section alone", &table, &notes);
+    }
+    if only == "identity" {
+        identity::identity_section(&bin, &work, &mut table, &mut notes)?;
+        return report(&root, "the identity section alone", &table, &notes);
     }
 
     // Ceilings first: the disk, then the bare responder.
@@ -401,6 +406,7 @@ fn bench(only_engine: bool) -> Res<()> {
     );
 
     size::database_size(&work, &mut table)?;
+    identity::identity_section(&bin, &work, &mut table, &mut notes)?;
     engine::engine(&bin, &work, synchronous, &mut table, &mut notes)?;
     create::create_section(&bin, &work, synchronous, &mut table, &mut notes)?;
 
