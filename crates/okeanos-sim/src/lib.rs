@@ -8,6 +8,9 @@
 
 #![forbid(unsafe_code)]
 
+mod catalog;
+mod compute;
+mod make;
 mod serve;
 mod state;
 mod world;
@@ -318,7 +321,7 @@ impl Sim {
 
     /// What `user` uses of `project` now, as the quotas count it.
     pub fn usage(&self, project: &str, user: &str) -> Limits {
-        world::usage(&mut self.lock(), project, Some(user))
+        catalog::usage(&mut self.lock(), project, Some(user))
     }
 
     /// How many calls are waiting now on a held server (`Faults::hold`).

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::state::{compute, fault, identity, list, State, RESET};
-use crate::world::{self, with_user};
+use crate::compute::{compute, identity, list};
+use crate::state::{fault, with_user, State, RESET};
+use crate::{catalog, make};
 use crate::{lock, Faults};
 
 pub(crate) fn answer(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
@@ -157,14 +158,16 @@ fn route(
     let (server, result) = match (method, segments.as_slice()) {
         ("POST", ["identity", "v2.0", "tokens"]) => (None, identity(&s, base, body)),
         ("GET", ["compute", "v2.0", "servers", "detail"]) => (None, list(&mut s, token)),
-        ("GET", ["compute", "v2.0", "flavors", "detail"]) => {
-            (None, with_user(&mut s, token, |s, _| Ok(world::flavors(s))))
-        }
-        ("GET", ["compute", "v2.0", "images", "detail"]) => {
-            (None, with_user(&mut s, token, |s, _| Ok(world::images(s))))
-        }
+        ("GET", ["compute", "v2.0", "flavors", "detail"]) => (
+            None,
+            with_user(&mut s, token, |s, _| Ok(catalog::flavors(s))),
+        ),
+        ("GET", ["compute", "v2.0", "images", "detail"]) => (
+            None,
+            with_user(&mut s, token, |s, _| Ok(catalog::images(s))),
+        ),
         ("POST", ["compute", "v2.0", "servers"]) => {
-            let r = with_user(&mut s, token, |s, u| world::create_server(s, &u, body));
+            let r = with_user(&mut s, token, |s, u| make::create_server(s, &u, body));
             let id = r.1["server"]["id"].as_str().map(str::to_string);
             (id, r)
         }
@@ -186,45 +189,45 @@ fn route(
         }
         ("GET", ["network", "v2.0", "networks"]) => (
             None,
-            with_user(&mut s, token, |s, u| Ok(world::list_networks(s, &u))),
+            with_user(&mut s, token, |s, u| Ok(make::list_networks(s, &u))),
         ),
         ("POST", ["network", "v2.0", "networks"]) => {
-            let r = with_user(&mut s, token, |s, u| world::create_network(s, &u, body));
+            let r = with_user(&mut s, token, |s, u| make::create_network(s, &u, body));
             (r.1["network"]["id"].as_str().map(str::to_string), r)
         }
         ("GET", ["network", "v2.0", "subnets"]) => (
             None,
-            with_user(&mut s, token, |s, u| Ok(world::list_subnets(s, &u))),
+            with_user(&mut s, token, |s, u| Ok(make::list_subnets(s, &u))),
         ),
         ("POST", ["network", "v2.0", "subnets"]) => {
-            let r = with_user(&mut s, token, |s, u| world::create_subnet(s, &u, body));
+            let r = with_user(&mut s, token, |s, u| make::create_subnet(s, &u, body));
             (r.1["subnet"]["id"].as_str().map(str::to_string), r)
         }
         ("GET", ["network", "v2.0", "floatingips"]) => {
-            let r = with_user(&mut s, token, |s, u| Ok(world::list_floating_ips(s, &u)));
+            let r = with_user(&mut s, token, |s, u| Ok(make::list_floating_ips(s, &u)));
             (None, r)
         }
         ("POST", ["network", "v2.0", "floatingips"]) => {
-            let r = with_user(&mut s, token, |s, u| world::create_floating_ip(s, &u, body));
+            let r = with_user(&mut s, token, |s, u| make::create_floating_ip(s, &u, body));
             (r.1["floatingip"]["id"].as_str().map(str::to_string), r)
         }
         ("DELETE", ["network", "v2.0", kind @ ("networks" | "floatingips"), id]) => {
             let r = with_user(&mut s, token, |s, u| {
-                Ok(world::delete_resource(s, &u, kind, id))
+                Ok(make::delete_resource(s, &u, kind, id))
             });
             (Some(id.to_string()), r)
         }
         ("GET", ["account", "v1.0", "projects"]) => (
             None,
-            with_user(&mut s, token, |s, u| Ok(world::projects(s, &u))),
+            with_user(&mut s, token, |s, u| Ok(catalog::projects(s, &u))),
         ),
         ("GET", ["account", "v1.0", "quotas"]) => (
             None,
-            with_user(&mut s, token, |s, u| Ok(world::quotas(s, &u))),
+            with_user(&mut s, token, |s, u| Ok(catalog::quotas(s, &u))),
         ),
         ("GET", ["userdata", "keys"]) => (
             None,
-            with_user(&mut s, token, |s, u| Ok(world::keys(s, &u))),
+            with_user(&mut s, token, |s, u| Ok(catalog::keys(s, &u))),
         ),
         ("GET", ["_sim", "faults"]) => return (200, json!(s.faults)),
         ("POST" | "PUT", ["_sim", "faults"]) => {
