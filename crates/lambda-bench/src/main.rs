@@ -17,11 +17,13 @@ mod engine;
 mod identity;
 mod load;
 mod procs;
+mod report;
 mod size;
 
 use ceiling::{ceiling, commit_ceiling};
 use load::{write_lines, wrk, wrk_best};
 use procs::{agent, free_addr, token, user_id, write_fixture, Bin, Proc};
+use report::report;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -299,6 +301,16 @@ fn bench(only: &str) -> Res<()> {
         eprintln!("{name} ...");
         for c in CONNECTIONS {
             let ceiling = wrk_best(&work, &ceiling_url, "GET", 202, &dummy, c)?.rps;
+            if expected == 401 {
+                // A rejection is cached for 30 s, and past it wrk's address, striking all
+                // along, is answered 429: the token is rejected afresh from another address
+                // (the front's X-Real-IP, trusted from loopback) just before each run.
+                let _ = agent
+                    .get(&format!("{base}/api/lambda-instances/x/"))
+                    .header("X-Auth-Token", "bench-bad-token")
+                    .header("X-Real-IP", "192.0.2.1")
+                    .call();
+            }
             let r = wrk_best(&work, &base, method, expected, data, c)?;
             let ratio = r.rps / ceiling;
             let _ =
@@ -429,19 +441,6 @@ fn bench(only: &str) -> Res<()> {
         synchronous.name()
     );
     report(&root, &runs, &table, &notes)
-}
-
-/// Prints the table and its notes, and writes them to `root`/latest.md.
-fn report(root: &Path, runs: &str, table: &str, notes: &[String]) -> Res<()> {
-    let report = format!(
-        "# lambda-bench\n\nmachine: {} cores; {runs}\n\n{table}\n{}\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        notes.join("\n")
-    );
-    print!("{report}");
-    std::fs::write(root.join("latest.md"), &report).map_err(err("report"))?;
-    eprintln!("written to {}", root.join("latest.md").display());
-    Ok(())
 }
 
 /// An instance to load: `servers` is the master, then the slaves.
