@@ -75,10 +75,11 @@ impl Build {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn build(slaves: u32, ip_allocation: IpAllocation) -> Build {
+    /// A build of a master and `slaves` slaves, for the tests of what is made of it.
+    pub(crate) fn build(slaves: u32, ip_allocation: IpAllocation) -> Build {
         Build {
             project: "p".into(),
             master_name: "m".into(),

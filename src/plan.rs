@@ -275,6 +275,7 @@ pub fn describe(command: Command, targets: &[&Target]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::tests::build;
     use crate::build::IpAllocation;
 
     fn cluster(servers: &[&str], network: Option<&str>, ip: Option<&str>) -> Cluster {
@@ -322,19 +323,6 @@ mod tests {
         check(ActionKind::Destroy, &bare, &[&["m"]]);
         let net_only = cluster(&["m"], Some("n1"), None);
         check(ActionKind::Destroy, &net_only, &[&["m"], &["network/n1"]]);
-    }
-
-    fn build(slaves: u32, ip_allocation: IpAllocation) -> Build {
-        Build {
-            project: "p".into(),
-            master_name: "m".into(),
-            slaves,
-            master_flavor: "f1".into(),
-            slave_flavor: "f2".into(),
-            image: "i".into(),
-            ip_allocation,
-            authorized_keys: String::new(),
-        }
     }
 
     #[test]
