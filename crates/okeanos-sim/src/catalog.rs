@@ -160,6 +160,18 @@ pub(crate) fn fits(
     Ok(())
 }
 
+/// Checks that `more` fits what `user` has left in `project` (which they must be a member
+/// of), before it is made.
+pub(crate) fn charge(
+    s: &mut State,
+    user: &str,
+    project: Option<&str>,
+    more: Limits,
+) -> Result<(), (u16, Value)> {
+    let limits = project_of(s, user, project)?;
+    fits(s, user, project.unwrap_or_default(), limits, more)
+}
+
 /// Whether a started server of `vm`'s flavor still fits its project's cpu and ram quota.
 pub(crate) fn start_fits(s: &mut State, id: &str) -> Result<(), (u16, Value)> {
     let Some(vm) = s.vms.get(id) else {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::catalog::{fits, project_of};
+use crate::catalog::{charge, fits, project_of};
 use crate::state::{body_json, fault, State, Vm};
 use crate::world::{FloatingIp, Limits, Network, Subnet, FLOATING_NETWORK};
 
@@ -42,18 +42,11 @@ pub(crate) fn create_network(
     let n = &v["network"];
     let name = n["name"].as_str().unwrap_or_default().to_string();
     let project = n["project"].as_str().map(str::to_string);
-    let limits = project_of(s, user, project.as_deref())?;
     let more = Limits {
         private_network: 1,
         ..Limits::default()
     };
-    fits(
-        s,
-        user,
-        project.as_deref().unwrap_or_default(),
-        limits,
-        more,
-    )?;
+    charge(s, user, project.as_deref(), more)?;
     let id = format!("net-{}", s.world.next());
     s.world.networks.insert(
         id.clone(),
@@ -147,18 +140,11 @@ pub(crate) fn create_floating_ip(
 ) -> Result<(u16, Value), (u16, Value)> {
     let v = body_json(body)?;
     let project = v["floatingip"]["project"].as_str().map(str::to_string);
-    let limits = project_of(s, user, project.as_deref())?;
     let more = Limits {
         floating_ip: 1,
         ..Limits::default()
     };
-    fits(
-        s,
-        user,
-        project.as_deref().unwrap_or_default(),
-        limits,
-        more,
-    )?;
+    charge(s, user, project.as_deref(), more)?;
     let n = s.world.next();
     let id = format!("ip-{n}");
     let ip = FloatingIp {
