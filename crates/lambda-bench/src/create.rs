@@ -12,13 +12,10 @@ use lambda_api::store::Synchronous;
 use serde_json::{json, Value};
 
 use crate::procs::{agent, token, user_id, Bin};
+use crate::watch;
 use crate::{err, metric, Res, USERS};
 
 /// How long a simulated VM takes to build.
-/// Threads "flat": no more than one a worker above idle. A worker opening a connection has
-/// ureq resolve the address on a thread of its own while it waits (ureq does so whenever a
-/// timeout is set), so each worker may hold one such thread for a moment.
-const TRANSIENT_THREADS: u64 = WORKERS as u64;
 const D: Duration = Duration::from_secs(5);
 const POLL_MS: u64 = 1000;
 const WORKERS: usize = 4;
@@ -66,18 +63,6 @@ fn create(base: &str, u: usize, n: usize) -> Res<String> {
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| format!("create answered {text}"))
-}
-
-fn threads_and_rss(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("Threads:"), field("VmRSS:"))
 }
 
 /// Every ~okeanos call the service made but identity's.
@@ -134,7 +119,7 @@ pub(crate) fn create_section(
             .call();
     }
     let pid = svc.0.id();
-    let (idle_threads, _) = threads_and_rss(pid);
+    let idle_threads = watch::own_threads(pid);
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
@@ -150,29 +135,13 @@ pub(crate) fn create_section(
     for c in clients {
         c.join().map_err(|_| "a client panicked".to_string())??;
     }
-    let submitted = started.elapsed();
-    let (mut max_threads, mut max_rss_kib) = (0, 0);
-    let (took, text) = loop {
-        let (threads, rss) = threads_and_rss(pid);
-        if started.elapsed() > submitted + Duration::from_millis(5500) {
-            max_threads = max_threads.max(threads);
-        }
-        max_rss_kib = max_rss_kib.max(rss);
-        let text = watcher
-            .get(&format!("{base}/metrics"))
-            .call()
-            .map_err(err("metrics"))?
-            .body_mut()
-            .read_to_string()
-            .map_err(err("metrics"))?;
-        if metric(&text, "lambda_actions_finished_total") >= CLUSTERS as f64 {
-            break (started.elapsed(), text);
-        }
-        if started.elapsed() > D * 20 {
-            return Err("create bench: the creates did not finish in 20·D".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let watch::Watched {
+        took,
+        metrics: text,
+        max_threads,
+        max_rss_kib,
+    } = watch::until_finished(&watcher, &base, pid, started, CLUSTERS, D * 20)
+        .map_err(err("create bench"))?;
     drop(svc);
     let vms = (CLUSTERS * (SLAVES + 1)) as f64;
     let per_vm = calls(&text) / vms;
@@ -191,7 +160,7 @@ pub(crate) fn create_section(
         "- create, {CLUSTERS} clusters: ×{ratio:.2} of D (target ≤ ×1.3: {}), {per_vm:.1} calls/VM (target ≤ 6: {}), threads {idle_threads} → {max_threads} ({}), {failed} failed",
         verdict(ratio <= 1.3),
         verdict(per_vm <= 6.0),
-        verdict(max_threads <= idle_threads + TRANSIENT_THREADS)
+        verdict(watch::flat(idle_threads, max_threads, WORKERS))
     ));
     killed_and_resumed(bin, dir, &fixture, table, notes)
 }

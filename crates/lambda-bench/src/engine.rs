@@ -10,14 +10,9 @@ use lambda_api::model::Status;
 use lambda_api::store::{Database, Synchronous};
 
 use crate::procs::{agent, token, user_id, write_fixture, Bin};
+use crate::watch;
 use crate::{err, instance, metric, Res, USERS};
 
-/// How long tiny_http keeps an idle pool thread (five seconds), and a margin.
-/// Threads "flat": no more than one a worker above idle. A worker opening a connection has
-/// ureq resolve the address on a thread of its own while it waits (ureq does so whenever a
-/// timeout is set), so each worker may hold one such thread for a moment.
-const TRANSIENT_THREADS: u64 = WORKERS as u64;
-const POOL_SETTLES: Duration = Duration::from_millis(6500);
 /// How long a simulated VM takes to start or stop.
 const D: Duration = Duration::from_secs(5);
 /// The service's default poll interval.
@@ -32,19 +27,6 @@ fn calls(metrics: &str) -> f64 {
         .iter()
         .map(|op| metric(metrics, &format!("lambda_okeanos_calls_total{{op=\"{op}\"")))
         .sum()
-}
-
-/// Threads and RSS (KiB) of a process, from /proc.
-fn threads_and_rss(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("Threads:"), field("VmRSS:"))
 }
 
 /// What one engine run measured.
@@ -89,9 +71,7 @@ fn run(bin: &Bin, dir: &Path, synchronous: Synchronous, clusters: usize, vms: us
             .call();
     }
     let pid = svc.0.id();
-    // Idle is after tiny_http's pool has let the warm-up's threads go (five seconds idle).
-    std::thread::sleep(POOL_SETTLES);
-    let idle_threads = threads_and_rss(pid).0;
+    let idle_threads = watch::own_threads(pid);
     // The owners start their clusters at once, as a class does at nine: 32 clients.
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
@@ -121,39 +101,18 @@ fn run(bin: &Bin, dir: &Path, synchronous: Synchronous, clusters: usize, vms: us
     for c in clients {
         c.join().map_err(|_| "a client panicked".to_string())??;
     }
-    // tiny_http keeps a pool thread five seconds after its connection closed: threads are
-    // counted from then on (with a margin: the clients close as the machine lets them),
-    // while the actions are live, so that they count the engine's.
-    let submitted = started.elapsed();
-    let (mut max_threads, mut max_rss_kib) = (0, 0);
-    let (took, text) = loop {
-        let (threads, rss) = threads_and_rss(pid);
-        if started.elapsed() > submitted + POOL_SETTLES {
-            max_threads = max_threads.max(threads);
-        }
-        max_rss_kib = max_rss_kib.max(rss);
-        let text = watcher
-            .get(&format!("{base}/metrics"))
-            .call()
-            .map_err(err("metrics"))?
-            .body_mut()
-            .read_to_string()
-            .map_err(err("metrics"))?;
-        if metric(&text, "lambda_actions_finished_total") >= clusters as f64 {
-            break (started.elapsed(), text);
-        }
-        if started.elapsed() > D * 20 {
-            return Err("engine bench: actions did not finish in 20·D".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let w = watch::until_finished(&watcher, &base, pid, started, clusters, D * 20)
+        .map_err(err("engine bench"))?;
     Ok(Run {
-        took,
-        calls_per_vm: calls(&text) / (clusters * vms) as f64,
-        failed: metric(&text, "lambda_actions_finished_total{state=\"failed\"}"),
+        took: w.took,
+        calls_per_vm: calls(&w.metrics) / (clusters * vms) as f64,
+        failed: metric(
+            &w.metrics,
+            "lambda_actions_finished_total{state=\"failed\"}",
+        ),
         idle_threads,
-        max_threads,
-        max_rss_kib,
+        max_threads: w.max_threads,
+        max_rss_kib: w.max_rss_kib,
     })
 }
 
@@ -195,7 +154,7 @@ pub(crate) fn engine(
             verdict(r.calls_per_vm <= 5.0),
             r.idle_threads,
             r.max_threads,
-            verdict(r.max_threads <= r.idle_threads + TRANSIENT_THREADS)
+            verdict(watch::flat(r.idle_threads, r.max_threads, WORKERS))
         ));
     }
     Ok(())

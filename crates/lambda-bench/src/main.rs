@@ -19,6 +19,7 @@ mod load;
 mod procs;
 mod report;
 mod size;
+mod watch;
 
 use ceiling::{ceiling, commit_ceiling};
 use load::{write_lines, wrk, wrk_best};

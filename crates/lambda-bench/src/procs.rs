@@ -21,14 +21,18 @@ impl Drop for Proc {
 
 impl Proc {
     pub(crate) fn status_field(&self, name: &str) -> u64 {
-        let text =
-            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        status_field(self.0.id(), name)
     }
+}
+
+/// A number of `/proc/<pid>/status` (`name` with its colon: "VmRSS:"), or 0.
+pub(crate) fn status_field(pid: u32, name: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 pub(crate) fn free_addr() -> String {
