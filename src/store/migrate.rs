@@ -105,13 +105,7 @@ impl Store {
     /// transaction), the old table renamed without rewriting the references to it, the new one
     /// made by version 3's schema, the rows copied, the old table dropped.
     fn migrate_to_3(&mut self) -> Result<()> {
-        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
-        self.conn.pragma_update(None, "legacy_alter_table", "ON")?;
-        let rebuilt = (|| -> Result<()> {
-            let tx = self.begin_write()?;
-            if checked_version(&tx)? >= 3 {
-                return Ok(());
-            }
+        self.rebuild(3, |tx| {
             tx.execute_batch(
                 "ALTER TABLE actions RENAME TO actions_v2;
                  DROP INDEX IF EXISTS actions_one_live_per_instance;
@@ -131,12 +125,8 @@ impl Store {
                  FROM actions_v2;
                  DROP TABLE actions_v2;
                  PRAGMA user_version = 3;",
-            )?;
-            tx.commit()
-        })();
-        self.conn.pragma_update(None, "legacy_alter_table", "OFF")?;
-        self.conn.pragma_update(None, "foreign_keys", "ON")?;
-        rebuilt
+            )
+        })
     }
 
     /// Version 3 to 4: `action_vms`, whose `vm` column held `floatingip/<id>` and
@@ -147,13 +137,7 @@ impl Store {
     /// action, the 409's sentence) instead of the answer's bytes, read out of them here.
     /// Foreign keys are off meanwhile (outside the transaction), as for version 3.
     fn migrate_to_4(&mut self) -> Result<()> {
-        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
-        self.conn.pragma_update(None, "legacy_alter_table", "ON")?;
-        let rebuilt = (|| -> Result<()> {
-            let tx = self.begin_write()?;
-            if checked_version(&tx)? >= 4 {
-                return Ok(());
-            }
+        self.rebuild(4, |tx| {
             tx.execute_batch(
                 "ALTER TABLE actions RENAME TO actions_v3;
                  DROP INDEX IF EXISTS actions_one_live_per_instance;
@@ -204,14 +188,34 @@ impl Store {
                  WHERE k.status IN (202, 409) AND json_valid(k.body);
                  DROP TABLE idempotency_keys_v3;
                  PRAGMA user_version = 4;",
-            )?;
+            )
+        })
+    }
+
+    /// Rebuilds tables to reach `version` with `steps`, in one write transaction, SQLite's
+    /// way: foreign keys off and renames that leave references alone (both set outside the
+    /// transaction, and set back whatever happens), the steps, then a check that every row
+    /// still has what it refers to. Nothing is done if another process got there first.
+    fn rebuild(
+        &mut self,
+        version: i64,
+        steps: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<()>,
+    ) -> Result<()> {
+        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
+        self.conn.pragma_update(None, "legacy_alter_table", "ON")?;
+        let rebuilt = (|| -> Result<()> {
+            let tx = self.begin_write()?;
+            if checked_version(&tx)? >= version {
+                return Ok(());
+            }
+            steps(&tx)?;
             let broken: i64 =
                 tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
                     r.get(0)
                 })?;
             if broken != 0 {
                 return Err(StoreError::Corrupt(format!(
-                    "{broken} row(s) lost their references while migrating to version 4"
+                    "{broken} row(s) lost their references while migrating to version {version}"
                 )));
             }
             tx.commit()
