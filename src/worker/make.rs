@@ -11,7 +11,7 @@ use log::warn;
 use super::failure::{Failure, Stop};
 use super::unsaved::Unsaved;
 use super::Worker;
-use crate::okeanos::{network_name, NewServer, ServerState};
+use crate::okeanos::{network_name, Client, NewServer, OkeanosError, ServerState};
 use crate::plan::TargetKind;
 use crate::report::Report;
 use crate::store::{Job, TargetState, Took};
@@ -42,28 +42,10 @@ impl Worker {
         match target.kind {
             TargetKind::Network => {
                 let name = network_name(&job.instance_id);
-                let id = match self.client.find_network(&network, &token, &name) {
-                    Ok(Some(id)) => {
-                        unsaved.step(&label, "create", format!("found, made before: {id}"));
-                        id
-                    }
-                    Ok(None) => {
-                        match self
-                            .client
-                            .create_network(&network, &token, &name, &build.project)
-                        {
-                            Ok(id) => {
-                                unsaved.step(&label, "create", format!("made {id}"));
-                                self.keep_made(job, TargetKind::Network, &id)?;
-                                id
-                            }
-                            Err(e) => return self.retry_or_fail(job, unsaved, &[i], "create", e),
-                        }
-                    }
-                    Err(e) => return self.retry_or_fail(job, unsaved, &[i], "networks", e),
-                };
-                made(job, i, id);
-                Ok(())
+                let found = self.client.find_network(&network, &token, &name);
+                self.find_or_make(job, unsaved, i, ("networks", found), |client| {
+                    client.create_network(&network, &token, &name, &build.project)
+                })
             }
             TargetKind::Subnet => {
                 let Some(of) = network_id else {
@@ -73,24 +55,11 @@ impl Worker {
                         target,
                     }));
                 };
-                let id = match self.client.find_subnet(&network, &token, &of) {
-                    Ok(Some(id)) => {
-                        unsaved.step(&label, "create", format!("found, made before: {id}"));
-                        id
-                    }
-                    Ok(None) => match self.client.create_subnet(&network, &token, &of) {
-                        Ok(id) => {
-                            unsaved.step(&label, "create", format!("made {id}"));
-                            // Deleted with its network, whoever holds the action now.
-                            self.keep_made(job, TargetKind::Subnet, &id)?;
-                            id
-                        }
-                        Err(e) => return self.retry_or_fail(job, unsaved, &[i], "create", e),
-                    },
-                    Err(e) => return self.retry_or_fail(job, unsaved, &[i], "subnets", e),
-                };
-                made(job, i, id);
-                Ok(())
+                // Deleted with its network, whoever holds the action when it is made.
+                let found = self.client.find_subnet(&network, &token, &of);
+                self.find_or_make(job, unsaved, i, ("subnets", found), |client| {
+                    client.create_subnet(&network, &token, &of)
+                })
             }
             TargetKind::FloatingIp => {
                 self.make_floating_ip(job, unsaved, i, &network, &build.project)
@@ -153,6 +122,37 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Target `i`, found by a look (`looked`: the call's name and what it found), or else
+    /// made by `make` and kept before anything else happens.
+    fn find_or_make(
+        &mut self,
+        job: &mut Job,
+        unsaved: &mut Unsaved,
+        i: usize,
+        looked: (&'static str, Result<Option<String>, OkeanosError>),
+        make: impl FnOnce(&Client) -> Result<String, OkeanosError>,
+    ) -> Result<(), Stop> {
+        let label = job.targets[i].target.label();
+        let (look, found) = looked;
+        let id = match found {
+            Ok(Some(id)) => {
+                unsaved.step(&label, "create", format!("found, made before: {id}"));
+                id
+            }
+            Ok(None) => match make(&self.client) {
+                Ok(id) => {
+                    unsaved.step(&label, "create", format!("made {id}"));
+                    self.keep_made(job, job.targets[i].target.kind, &id)?;
+                    id
+                }
+                Err(e) => return self.retry_or_fail(job, unsaved, &[i], "create", e),
+            },
+            Err(e) => return self.retry_or_fail(job, unsaved, &[i], look, e),
+        };
+        made(job, i, id);
+        Ok(())
     }
 
     /// A floating IP: a free one of the owner's that no cluster holds, or a new one.
