@@ -21,16 +21,7 @@ struct Crash {
 impl Crash {
     fn new() -> Crash {
         let sim = start_sim(Duration::from_millis(200));
-        let env = vec![
-            ("LAMBDA_API_LISTEN".to_string(), "127.0.0.1:0".to_string()),
-            ("LAMBDA_API_ASTAKOS_URL".to_string(), sim.astakos_url()),
-            ("LAMBDA_API_POLL_INTERVAL_MS".to_string(), "20".to_string()),
-            ("LAMBDA_API_RETRY_BASE_MS".to_string(), "20".to_string()),
-            (
-                "LAMBDA_API_SHUTDOWN_GRACE_SECS".to_string(),
-                "0".to_string(),
-            ),
-        ];
+        let env = restarted_env(&sim.astakos_url(), 0);
         Crash {
             sim,
             dir: tempfile::tempdir().unwrap(),

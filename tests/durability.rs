@@ -20,16 +20,7 @@ impl Crash {
     fn new(transition: Duration, grace_secs: u64) -> Crash {
         let sim = start_sim(transition);
         let dir = tempfile::tempdir().unwrap();
-        let env = vec![
-            ("LAMBDA_API_LISTEN".to_string(), "127.0.0.1:0".to_string()),
-            ("LAMBDA_API_ASTAKOS_URL".to_string(), sim.astakos_url()),
-            ("LAMBDA_API_POLL_INTERVAL_MS".to_string(), "20".to_string()),
-            ("LAMBDA_API_RETRY_BASE_MS".to_string(), "20".to_string()),
-            (
-                "LAMBDA_API_SHUTDOWN_GRACE_SECS".to_string(),
-                grace_secs.to_string(),
-            ),
-        ];
+        let env = restarted_env(&sim.astakos_url(), grace_secs);
         let mut c = Crash {
             sim,
             dir,

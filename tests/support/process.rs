@@ -19,6 +19,21 @@ pub fn sim_env<'a>(astakos: &'a str, poll_ms: &'a str) -> Vec<(&'a str, &'a str)
     ]
 }
 
+/// The environment of a `serve` that is killed and started again against a simulator whose
+/// identity is at `astakos`: polls and retries every 20 ms, and `grace_secs` for a SIGTERM.
+pub fn restarted_env(astakos: &str, grace_secs: u64) -> Vec<(String, String)> {
+    [
+        ("LAMBDA_API_LISTEN", "127.0.0.1:0".to_string()),
+        ("LAMBDA_API_ASTAKOS_URL", astakos.to_string()),
+        ("LAMBDA_API_POLL_INTERVAL_MS", "20".to_string()),
+        ("LAMBDA_API_RETRY_BASE_MS", "20".to_string()),
+        ("LAMBDA_API_SHUTDOWN_GRACE_SECS", grace_secs.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// A `lambda-api` command with no inherited LAMBDA_API_* variables, run in `dir`.
 pub fn command(dir: &Path, env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(BIN);
