@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use lambda_api::store::Synchronous;
 use serde_json::{json, Value};
 
-use crate::procs::{agent, token, user_id, Bin};
+use crate::procs::{agent, log_in, token, user_id, Bin};
 use crate::watch;
 use crate::{err, metric, Res, USERS};
 
@@ -112,12 +112,7 @@ pub(crate) fn create_section(
     let (svc, addr, _) = bin.service(&db, &sim_addr, WORKERS, POLL_MS)?;
     let base = format!("http://{addr}");
     let watcher = agent();
-    for u in 0..USERS {
-        let _ = watcher
-            .get(&format!("{base}/api/authenticate/"))
-            .header("X-Auth-Token", &token(u))
-            .call();
-    }
+    log_in(&watcher, &base, USERS)?;
     let pid = svc.0.id();
     let idle_threads = watch::own_threads(pid);
     let started = Instant::now();

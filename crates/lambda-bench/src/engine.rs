@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use lambda_api::model::Status;
 use lambda_api::store::{Database, Synchronous};
 
-use crate::procs::{agent, token, user_id, write_fixture, Bin};
+use crate::procs::{agent, log_in, token, user_id, write_fixture, Bin};
 use crate::watch;
 use crate::{err, instance, metric, Res, USERS};
 
@@ -64,12 +64,7 @@ fn run(bin: &Bin, dir: &Path, synchronous: Synchronous, clusters: usize, vms: us
     let (svc, addr, _) = bin.service(&db, &sim_addr, WORKERS, POLL_MS)?;
     let base = format!("http://{addr}");
     let watcher = agent();
-    for u in 0..USERS.min(clusters) {
-        let _ = watcher
-            .get(&format!("{base}/api/authenticate/"))
-            .header("X-Auth-Token", &token(u))
-            .call();
-    }
+    log_in(&watcher, &base, USERS.min(clusters))?;
     let pid = svc.0.id();
     let idle_threads = watch::own_threads(pid);
     // The owners start their clusters at once, as a class does at nine: 32 clients.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use lambda_api::model::Status;
 use lambda_api::store::{Database, Synchronous};
 
-use crate::procs::{agent, token, user_id, write_fixture, Bin};
+use crate::procs::{agent, log_in, token, user_id, write_fixture, Bin};
 use crate::{err, instance, Res};
 
 const ATTACK: Duration = Duration::from_secs(5);
@@ -47,11 +47,7 @@ pub(crate) fn identity_section(
     let (_svc, addr, _) = bin.service(&db, &sim_addr, 1, 600_000)?;
     let base = format!("http://{addr}");
     let probe = agent();
-    probe
-        .get(&format!("{base}/api/authenticate/"))
-        .header("X-Auth-Token", &token(0))
-        .call()
-        .map_err(err("warm-up"))?;
+    log_in(&probe, &base, 1)?;
     probe
         .put(&format!("http://{sim_addr}/_sim/faults"))
         .send(format!("{{\"latency_ms\": {IDENTITY_MS}}}"))

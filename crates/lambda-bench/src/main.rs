@@ -23,7 +23,7 @@ mod watch;
 
 use ceiling::{ceiling, commit_ceiling};
 use load::{write_lines, wrk, wrk_best};
-use procs::{agent, free_addr, token, user_id, write_fixture, Bin, Proc};
+use procs::{agent, free_addr, log_in, token, user_id, write_fixture, Bin, Proc};
 use report::report;
 
 use std::fmt::Write as _;
@@ -249,13 +249,7 @@ fn bench(only: &str) -> Res<()> {
     let (service, addr, ready) = bin.service(&db, &sim_addr, 1, 600_000)?;
     let base = format!("http://{addr}");
     let agent = agent();
-    for u in 0..USERS {
-        agent
-            .get(&format!("{base}/api/authenticate/"))
-            .header("X-Auth-Token", &token(u))
-            .call()
-            .map_err(err("warm-up"))?;
-    }
+    log_in(&agent, &base, USERS)?;
     let _ = agent
         .get(&format!("{base}/api/lambda-instances/x/"))
         .header("X-Auth-Token", "bench-bad-token")

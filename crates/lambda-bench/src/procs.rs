@@ -168,3 +168,15 @@ fn glibc_tunables() -> &'static str {
         .find_map(|l| l.strip_prefix("Environment=GLIBC_TUNABLES="))
         .unwrap_or("")
 }
+
+/// Logs the first `users` users in through `agent`, so that their tokens are cached.
+pub(crate) fn log_in(agent: &ureq::Agent, base: &str, users: usize) -> Res<()> {
+    for u in 0..users {
+        agent
+            .get(&format!("{base}/api/authenticate/"))
+            .header("X-Auth-Token", &token(u))
+            .call()
+            .map_err(err("warm-up"))?;
+    }
+    Ok(())
+}
