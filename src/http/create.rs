@@ -5,6 +5,7 @@
 //! ~okeanos says is `okeanos/`'s, and the instance and its action are committed by the store.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,18 +70,12 @@ impl Remembered {
         user: &User,
         token: &str,
     ) -> Result<Arc<Vec<Flavor>>, ApiError> {
-        if let Some((at, all)) = lock(&self.flavors).get(&user.compute_url) {
-            if at.elapsed() < CATALOG_TTL {
-                return Ok(all.clone());
-            }
-        }
-        let all = Arc::new(
-            client
+        fresh(&self.flavors, &user.compute_url, CATALOG_TTL, || {
+            let all = client
                 .flavors(&user.compute_url, token)
-                .map_err(|e| unavailable("its flavors", &e))?,
-        );
-        lock(&self.flavors).insert(user.compute_url.clone(), (Instant::now(), all.clone()));
-        Ok(all)
+                .map_err(|e| unavailable("its flavors", &e))?;
+            Ok(Arc::new(all))
+        })
     }
 
     /// The configured image's id: `image_id`, or the first image whose name contains
@@ -89,29 +84,25 @@ impl Remembered {
         if !app.image.id.is_empty() {
             return Ok(app.image.id.clone());
         }
-        if let Some((at, id)) = lock(&self.images).get(&user.compute_url) {
-            if at.elapsed() < CATALOG_TTL {
-                return Ok(id.clone());
-            }
-        }
-        let images = app
-            .client
-            .images(&user.compute_url, token)
-            .map_err(|e| unavailable("its images", &e))?;
-        let Some((id, _)) = images
-            .into_iter()
-            .find(|(_, n)| n.contains(&app.image.name))
-        else {
-            log::error!(
-                "no ~okeanos image has a name containing {:?}",
-                app.image.name
-            );
-            return Err(ApiError::Unavailable(
-                "The image clusters are made of is not available; try again later.".into(),
-            ));
-        };
-        lock(&self.images).insert(user.compute_url.clone(), (Instant::now(), id.clone()));
-        Ok(id)
+        fresh(&self.images, &user.compute_url, CATALOG_TTL, || {
+            let images = app
+                .client
+                .images(&user.compute_url, token)
+                .map_err(|e| unavailable("its images", &e))?;
+            let Some((id, _)) = images
+                .into_iter()
+                .find(|(_, n)| n.contains(&app.image.name))
+            else {
+                log::error!(
+                    "no ~okeanos image has a name containing {:?}",
+                    app.image.name
+                );
+                return Err(ApiError::Unavailable(
+                    "The image clusters are made of is not available; try again later.".into(),
+                ));
+            };
+            Ok(id)
+        })
     }
 
     /// A read of the user's, from a moment ago or made now by `read`.
@@ -121,18 +112,28 @@ impl Remembered {
         what: &'static str,
         read: impl FnOnce() -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
-        let key = (user.id.clone(), what);
-        if let Some((at, v)) = lock(&self.reads).get(&key) {
-            if at.elapsed() < USER_TTL {
-                return Ok(v.clone());
-            }
-        }
-        let v = read()?;
-        let mut reads = lock(&self.reads);
-        reads.retain(|_, (at, _)| at.elapsed() < USER_TTL);
-        reads.insert(key, (Instant::now(), v.clone()));
-        Ok(v)
+        fresh(&self.reads, &(user.id.clone(), what), USER_TTL, read)
     }
+}
+
+/// What `kept` holds under `key` if it came less than `ttl` ago, or else what `make` gives
+/// now, kept in its place (entries past `ttl` are let go then).
+fn fresh<K: Hash + Eq + Clone, T: Clone>(
+    kept: &Kept<K, T>,
+    key: &K,
+    ttl: Duration,
+    make: impl FnOnce() -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    if let Some((at, v)) = lock(kept).get(key) {
+        if at.elapsed() < ttl {
+            return Ok(v.clone());
+        }
+    }
+    let v = make()?;
+    let mut kept = lock(kept);
+    kept.retain(|_, (at, _)| at.elapsed() < ttl);
+    kept.insert(key.clone(), (Instant::now(), v.clone()));
+    Ok(v)
 }
 
 /// `POST`: a new lambda instance.
